@@ -1,0 +1,165 @@
+"""The app factory and the one-process server: RTMP listener + aiohttp app.
+
+`create_app(settings)` wires every part (DESIGN.md: app factory and cleanup
+contexts); tests build the app the same way. `Server` runs it on real sockets
+and `serve()` adds signal handling for the CLI.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from .api import setup_api
+from .config import Settings, with_default_stream_key
+from .hls.live import HLSOutput, HLSSettings
+from .hls.routes import HLS_OUTPUT, add_routes as add_hls_routes
+from .media.live import StreamRegistry
+from .rtmp.server import RTMPLimits, RTMPServer
+
+log = logging.getLogger("sfstream")
+
+SETTINGS = web.AppKey("settings", Settings)
+REGISTRY = web.AppKey("registry", StreamRegistry)
+RTMP_SERVER = web.AppKey("rtmp_server", RTMPServer)
+
+
+class _RTMPListener:
+    """Holds where the RTMP listener ended up (port 0 means "any free port")."""
+
+    port: int = 0
+
+
+RTMP_LISTENER = web.AppKey("rtmp_listener", _RTMPListener)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[SETTINGS] = settings
+    registry = StreamRegistry()
+    app[REGISTRY] = registry
+    hls = HLSOutput(
+        HLSSettings(
+            segment_duration=settings.hls_segment_duration,
+            part_duration=settings.hls_part_duration,
+            window=settings.hls_window,
+            linger=settings.hls_linger,
+            reconnect_grace=settings.hls_reconnect_grace,
+        )
+    )
+    app[HLS_OUTPUT] = hls
+    registry.on_publish.append(hls.attach)
+
+    async def authorize(key: str) -> str | None:
+        # Static keys today; registered users' keys join here (issue 5).
+        return settings.stream_keys.get(key)
+
+    app[RTMP_SERVER] = RTMPServer(
+        RTMPLimits(
+            app=settings.rtmp_app,
+            max_connections=settings.rtmp_max_connections,
+            max_message_size=settings.rtmp_max_message_size,
+            max_chunk_size=settings.rtmp_max_chunk_size,
+            handshake_timeout=settings.rtmp_handshake_timeout,
+            idle_timeout=settings.rtmp_idle_timeout,
+        ),
+        authorize,
+        registry,
+    )
+    app[RTMP_LISTENER] = _RTMPListener()
+    app.cleanup_ctx.append(_rtmp_listener)
+    app.cleanup_ctx.append(_hls_expiry)
+    add_hls_routes(app)
+    setup_api(app, settings)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def _rtmp_listener(app: web.Application):
+    settings = app[SETTINGS]
+    server = app[RTMP_SERVER]
+    app[RTMP_LISTENER].port = await server.start(settings.host, settings.rtmp_port)
+    yield
+    await server.close()
+
+
+async def _hls_expiry(app: web.Application):
+    task = asyncio.get_running_loop().create_task(app[HLS_OUTPUT].run_expiry())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready = request.app[RTMP_LISTENER].port != 0
+    return web.json_response({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
+
+
+class Server:
+    """The whole process: the aiohttp app on its site plus the RTMP listener."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
+        self.http_port = 0
+
+    @property
+    def rtmp_port(self) -> int:
+        return self.app[RTMP_LISTENER].port
+
+    async def start(self) -> None:
+        await self.runner.setup()  # runs the cleanup contexts: RTMP listener up
+        site = web.TCPSite(self.runner, self.settings.host, self.settings.http_port, backlog=1024)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+
+    async def stop(self) -> None:
+        # End the publishers first, so playlists get ENDLIST while HTTP still serves
+        # them; then the HTTP site stops and the cleanup contexts run.
+        await self.app[RTMP_SERVER].close()
+        await self.runner.cleanup()
+
+
+def _display_host(settings: Settings) -> str:
+    return "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+
+
+def announce(server: Server, key_file=None, out=sys.stdout) -> None:
+    s = server.settings
+    host = _display_host(s)
+    base = s.public_url.rstrip("/") or f"http://{host}:{server.http_port}"
+    print(f"sfstream listening: RTMP {s.host}:{server.rtmp_port}, HTTP {s.host}:{server.http_port}", file=out)
+    print(f"  publish: rtmp://{host}:{server.rtmp_port}/{s.rtmp_app}/<stream key>", file=out)
+    names = sorted(set(s.stream_keys.values()))
+    for name in names:
+        print(f"  watch:   {base}/hls/{name}/index.m3u8", file=out)
+    if key_file is not None:
+        print(f"  stream key: in {key_file} (or set your own with --stream-key NAME=KEY)", file=out)
+    out.flush()
+
+
+async def serve(settings: Settings) -> int:
+    settings, key_file = with_default_stream_key(settings)
+    # Handlers first: a signal that arrives while we start must still shut down cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = Server(settings)
+    await server.start()
+    announce(server, key_file)
+    await stop.wait()
+    log.info("shutting down: ending live streams")
+    await server.stop()
+    return 0

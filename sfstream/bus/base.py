@@ -1,0 +1,46 @@
+"""The interface both buses implement: state several sfstream instances must share.
+
+Fixed-window counters (rate limits) and revoked access-token ids. Times are seconds (float).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class BusUnavailable(ConnectionError):
+    """Redis does not answer or refuses us (wrong password, no such database). A ConnectionError,
+    hence an OSError: `serve` reports it as "cannot start", like a taken port."""
+
+
+def check_window(window: float) -> None:
+    if not window > 0:  # also refuses NaN
+        raise ValueError(f"window must be > 0 seconds, got {window!r}")
+
+
+class Bus(ABC):
+    @abstractmethod
+    async def incr(self, key: str, window: float) -> tuple[int, float]:
+        """Count one hit on `key` in a fixed window: the window starts at the first hit and lasts
+        `window` seconds (later hits do not extend it). Returns the count after this hit and the
+        seconds until the window resets (a Retry-After). Atomic: concurrent hits get distinct counts."""
+
+    @abstractmethod
+    async def peek(self, key: str) -> tuple[int, float]:
+        """The current count and seconds until reset, without counting; (0, 0.0) if none or expired."""
+
+    @abstractmethod
+    async def reset(self, key: str) -> None:
+        """Forget `key`'s counter (e.g. after a successful login)."""
+
+    @abstractmethod
+    async def revoke(self, token_id: str, ttl: float) -> None:
+        """Remember `token_id` (a JWT `jti`) as revoked for `ttl` seconds: until the token would
+        have expired anyway. ttl <= 0 remembers nothing (the token is already dead)."""
+
+    @abstractmethod
+    async def is_revoked(self, token_id: str) -> bool:
+        """Whether `token_id` was revoked and its ttl has not run out."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections. The bus is not usable afterwards."""
