@@ -15,11 +15,14 @@ import sys
 from aiohttp import web
 
 from .api import setup_api
+from .appkeys import BUS, STORE
+from .broadcasts import BROADCASTS, Broadcasts
 from .config import Settings, with_default_stream_key
 from .hls.live import HLSOutput, HLSSettings
-from .hls.routes import HLS_OUTPUT, add_routes as add_hls_routes
+from .hls.routes import HLS_AUDIENCE, HLS_OUTPUT, add_routes as add_hls_routes
 from .media.live import StreamRegistry
 from .rtmp.server import RTMPLimits, RTMPServer
+from .secret_key import load_secret_key
 
 log = logging.getLogger("sfstream")
 
@@ -52,11 +55,23 @@ def create_app(settings: Settings) -> web.Application:
         )
     )
     app[HLS_OUTPUT] = hls
-    registry.on_publish.append(hls.attach)
+    # Who may publish and watch, the broadcast records and viewer counts (store and bus are
+    # bound once the API's cleanup contexts opened them).
 
-    async def authorize(key: str) -> str | None:
-        # Static keys today; registered users' keys join here (issue 5).
-        return settings.stream_keys.get(key)
+    def end_publishing(name: str, reason: str) -> int:
+        closed = app[RTMP_SERVER].disconnect(name, reason)
+        stream = hls.get(name)
+        if stream is not None and stream.waiting_for_publisher:
+            stream.end_now()  # in its reconnect grace period: no publisher to close, end the playlists
+            closed += 1
+        return closed
+
+    broadcasts = Broadcasts(settings, load_secret_key(settings), end_publishing)
+    app[BROADCASTS] = broadcasts
+    app[HLS_AUDIENCE] = broadcasts
+    registry.on_publish.append(hls.attach)
+    registry.on_publish.append(broadcasts.on_publish)
+    hls.on_finish.append(broadcasts.on_hls_finished)
 
     app[RTMP_SERVER] = RTMPServer(
         RTMPLimits(
@@ -67,23 +82,37 @@ def create_app(settings: Settings) -> web.Application:
             handshake_timeout=settings.rtmp_handshake_timeout,
             idle_timeout=settings.rtmp_idle_timeout,
         ),
-        authorize,
+        broadcasts.authorize,
         registry,
     )
     app[RTMP_LISTENER] = _RTMPListener()
+    add_hls_routes(app)
+    setup_api(app, settings)  # its cleanup contexts open the store and the bus
+    # In this order: publishers are accepted only once the database is there, and at
+    # shutdown the broadcasts are recorded as ended before the database closes.
+    app.cleanup_ctx.append(_broadcasts)
     app.cleanup_ctx.append(_rtmp_listener)
     app.cleanup_ctx.append(_hls_expiry)
-    add_hls_routes(app)
-    setup_api(app, settings)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
 
 
+async def _broadcasts(app: web.Application):
+    broadcasts = app[BROADCASTS]
+    broadcasts.bind(app[STORE], app[BUS])
+    sampler = asyncio.get_running_loop().create_task(broadcasts.run_sampler())
+    yield
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
+    await broadcasts.drain()
+
+
 async def _rtmp_listener(app: web.Application):
     settings = app[SETTINGS]
     server = app[RTMP_SERVER]
-    app[RTMP_LISTENER].port = await server.start(settings.host, settings.rtmp_port)
+    app[RTMP_LISTENER].port = app[BROADCASTS].rtmp_port = await server.start(settings.host, settings.rtmp_port)
     yield
     await server.close()
 

@@ -129,6 +129,22 @@ class Settings:
         "Seconds a publisher that dropped (not one that stopped) may reconnect with the same key and "
         "continue the same playlists after a discontinuity; then the playlist ends. 0 ends at once.",
     )
+    public_rtmp_url: str = _setting(
+        "", "RTMP server URL given to streamers (e.g. rtmp://live.example.com/live); default from the "
+        "request's host and rtmp_port."
+    )
+    viewer_timeout: float = _setting(
+        10.0, "Seconds an HLS viewer session still counts after its last playlist request."
+    )
+    stats_interval: float = _setting(
+        10.0, "Seconds between samples of a live stream's viewer count (statistics, viewers_count)."
+    )
+    playback_token_ttl: float = _setting(
+        6 * 3600.0, "Seconds a playback token for a private stream is valid."
+    )
+    ws_max_connections: int = _setting(
+        20000, "Viewer-count websockets accepted by this process; more get 503."
+    )
 
     def __post_init__(self) -> None:
         if self.stream_keys is None:
@@ -146,7 +162,8 @@ class Settings:
         if not 4 <= self.bcrypt_rounds <= 31:
             raise ConfigError("bcrypt_rounds: must be between 4 and 31")
         for name in ("db_pool_min", "db_pool_max", "access_token_ttl", "refresh_token_ttl", "login_attempts",
-                     "login_window", "api_rate_limit", "avatar_max_bytes", "avatar_max_pixels"):
+                     "login_window", "api_rate_limit", "avatar_max_bytes", "avatar_max_pixels", "viewer_timeout",
+                     "stats_interval", "playback_token_ttl", "ws_max_connections"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be greater than 0")
         if self.db_pool_min > self.db_pool_max:
@@ -192,7 +209,7 @@ class Settings:
     @classmethod
     def reference_markdown(cls) -> str:
         """The README's configuration table (tests/test_config.py keeps the README current)."""
-        shown = {"stream_keys": "(none)", "public_url": "(none)", "data_dir": "./data"}
+        shown = {"stream_keys": "(none)", "public_url": "(none)", "public_rtmp_url": "(none)", "data_dir": "./data"}
         rows = ["| flag | env | default | meaning |", "| --- | --- | --- | --- |"]
         for f in cls.fields():
             default = shown.get(f.name, f.default)

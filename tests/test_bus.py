@@ -331,3 +331,43 @@ async def test_in_process_revocations_have_their_own_limit():
 def test_in_process_max_keys_must_be_positive():
     with pytest.raises(ValueError):
         InProcessBus(max_keys=0)
+
+
+# --- viewer presence ---
+
+async def test_presence_counts_members_once_and_leave_removes(bus):
+    await bus.touch("g", ["a", "b"], LONG)
+    await bus.touch("g", ["a"], LONG)  # a second touch extends, it does not add
+    await bus.touch("other", ["a"], LONG)
+    assert await bus.present("g") == 2
+    await bus.leave("g", "a")
+    assert await bus.present("g") == 1
+    assert await bus.distinct("g") == 2  # leaving does not undo having watched
+    assert await bus.present("nobody") == 0 and await bus.distinct("nobody") == 0
+
+
+async def test_presence_expires_after_ttl_unless_touched(bus):
+    await bus.touch("g", ["gone"], SHORT)
+    await bus.touch("g", ["stays"], LONG)
+    await asyncio.sleep(SHORT + 0.05)
+    assert await bus.present("g") == 1
+    assert await bus.distinct("g") == 2
+
+
+async def test_forget_drops_presence_and_distinct(bus):
+    await bus.touch("g", [f"m{i}" for i in range(50)], LONG)
+    assert (await bus.present("g"), await bus.distinct("g")) == (50, 50)
+    await bus.forget("g")
+    assert (await bus.present("g"), await bus.distinct("g")) == (0, 0)
+
+
+async def test_presence_rejects_bad_ttl(bus):
+    with pytest.raises(ValueError):
+        await bus.touch("g", ["a"], 0)
+
+
+async def test_in_process_presence_is_bounded():
+    bus = InProcessBus(max_keys=3)
+    await bus.touch("g", [f"m{i}" for i in range(10)], LONG)
+    assert await bus.present("g") == 3  # a flood of made-up sessions cannot grow memory without end
+    assert await bus.distinct("g") == 10  # still counted as distinct, without keeping them all

@@ -190,3 +190,22 @@ def test_multivariant_playlist_attributes():
     assert v.stream_info.resolution == (1280, 720)
     assert v.stream_info.codecs == "avc1.64001f,mp4a.40.2"
     assert v.stream_info.frame_rate == 30.0
+
+
+def test_sealing_a_segment_reports_a_change_even_without_a_new_part():
+    """At a segment's end the last part is already out (the next frame would not fit), so the
+    playlist hints a part of that segment; the keyframe that seals it must wake waiters (push
+    returns True) so that the hint's requests get their 404 now, not a part later."""
+    seg = Segmenter(target_duration=2.0, part_target=0.2, window=100)
+    seg.frame_rate_hint = 30.0
+    seg.set_config(VIDEO, None)
+    sealed_with_no_new_part = 0
+    for p in video_timeline(6.2, fps=30.0, gop=1.0):
+        before_parts = sum(len(s.parts) for s in seg.segments) + (len(seg.current.parts) if seg.current else 0)
+        before_segments = len(seg.segments)
+        changed = seg.push(p)
+        after_parts = sum(len(s.parts) for s in seg.segments) + (len(seg.current.parts) if seg.current else 0)
+        if len(seg.segments) > before_segments:
+            assert changed, "a segment was sealed without a wake-up"
+            sealed_with_no_new_part += after_parts == before_parts
+    assert sealed_with_no_new_part >= 1  # the case this test is about did occur

@@ -237,19 +237,19 @@ async def test_seeded_categories(store):
 
 async def test_migrations_recorded_and_idempotent(store, database_url, tmp_path):
     versions = await raw_execute(store, "SELECT version, applied_at FROM schema_version")
-    assert [v for v, _ in versions] == [1]
-    assert versions[0][1] is not None
+    assert sorted(v for v, _ in versions) == [1, 2]
+    assert all(applied_at is not None for _, applied_at in versions)
     assert await store.migrate() == []
     async with await open_store(database_url, data_dir=tmp_path) as again:  # a second start-up
         assert await again.migrate() == []
-    assert await raw_execute(store, "SELECT version FROM schema_version") == [(1,)]
+    assert sorted(await raw_execute(store, "SELECT version FROM schema_version")) == [(1,), (2,)]
     assert len(await raw_execute(store, "SELECT id FROM categories")) == len(SEEDED_CATEGORIES)
 
 
 async def test_concurrent_first_start_applies_migrations_once(empty_database_url, tmp_path):
     stores = await asyncio.gather(*(open_store(empty_database_url, data_dir=tmp_path) for _ in range(3)))
     try:
-        assert await raw_execute(stores[0], "SELECT version FROM schema_version") == [(1,)]
+        assert sorted(await raw_execute(stores[0], "SELECT version FROM schema_version")) == [(1,), (2,)]
         assert len(await raw_execute(stores[0], "SELECT id FROM categories")) == len(SEEDED_CATEGORIES)
     finally:
         for s in stores:
@@ -281,18 +281,16 @@ async def test_deleting_a_user_cascades(store):
     assert await store.get_refresh_token("bob-token") is None
 
 
-async def test_stream_constraints(store):
+async def test_channel_constraints(store):
     alice = await store.create_user("alice", "alice@example.com", "h")
-    (category_id,) = (await raw_execute(store, "SELECT id FROM categories WHERE name = ?", "Gaming"))[0]
-    insert = "INSERT INTO streams (user_id, category_id, stream_key_hmac, stream_key_ciphertext) VALUES (?, ?, ?, ?)"
-    await raw_execute(store, insert, alice.id, category_id, "hmac-1", b"\x00secret")
-    await raw_execute(store, insert, alice.id, None, None, None)
-    await raw_execute(store, insert, alice.id, None, None, None)  # many streams without a key
-    with pytest.raises(INTEGRITY_ERRORS):  # a key belongs to one stream
-        await raw_execute(store, insert, alice.id, None, "hmac-1", None)
-    with pytest.raises(INTEGRITY_ERRORS):  # unknown category
-        await raw_execute(store, insert, alice.id, category_id + 1000, None, None)
-    rows = await raw_execute(store, "SELECT stream_key_ciphertext FROM streams WHERE stream_key_hmac = ?", "hmac-1")
+    bob = await store.create_user("bob", "bob@example.com", "h")
+    insert = "INSERT INTO channels (user_id, stream_key_hmac, stream_key_ciphertext) VALUES (?, ?, ?)"
+    await raw_execute(store, insert, alice.id, "hmac-1", b"\x00secret")
+    with pytest.raises(INTEGRITY_ERRORS):  # a key belongs to one channel
+        await raw_execute(store, insert, bob.id, "hmac-1", b"other")
+    with pytest.raises(INTEGRITY_ERRORS):  # one channel per user
+        await raw_execute(store, insert, alice.id, "hmac-2", b"other")
+    rows = await raw_execute(store, "SELECT stream_key_ciphertext FROM channels WHERE stream_key_hmac = ?", "hmac-1")
     assert rows == [(b"\x00secret",)]
 
 
@@ -309,3 +307,106 @@ async def test_open_store_default_sqlite_file(tmp_path):
 async def test_open_store_rejects_unknown_scheme(tmp_path):
     with pytest.raises(ValueError, match="mysql"):
         await open_store("mysql://localhost/db", data_dir=tmp_path)
+
+
+# --- categories and follows ---
+
+async def test_categories_crud(store):
+    seeded = await store.list_categories(limit=100, offset=0)
+    assert {c.name for c in seeded} == SEEDED_CATEGORIES and await store.count_categories() == 5
+    cooking = await store.create_category("Cooking", "Food, live.")
+    assert (cooking.name, cooking.description, cooking.thumbnail) == ("Cooking", "Food, live.", None)
+    assert cooking.viewers_count == 0
+    assert is_utc(cooking.created_at) and await store.get_category(cooking.id) == cooking
+    assert await store.get_category(cooking.id + 1000) is None
+    with pytest.raises(Conflict) as exc:
+        await store.create_category("COOKING")
+    assert exc.value.field == "name"
+
+    renamed = await store.update_category(cooking.id, name="Cooking & Baking")
+    assert (renamed.name, renamed.description) == ("Cooking & Baking", "Food, live.")
+    assert renamed.updated_at >= cooking.updated_at and renamed.created_at == cooking.created_at
+    assert (await store.update_category(cooking.id, description="")).description == ""
+    with pytest.raises(Conflict) as exc:
+        await store.update_category(cooking.id, name="gaming")
+    assert exc.value.field == "name"
+    with pytest.raises(NotFound):
+        await store.update_category(cooking.id + 1000, name="x")
+
+    assert await store.delete_category(cooking.id) is True
+    assert await store.delete_category(cooking.id) is False
+    assert await store.get_category(cooking.id) is None and await store.count_categories() == 5
+
+
+async def test_category_viewers_are_summed_from_live_streams(store):
+    ids = {c.name: c.id for c in await store.list_categories(limit=100, offset=0)}
+    users = [await store.create_user(f"u{i}", f"u{i}@example.com", "h") for i in range(4)]
+    insert = "INSERT INTO streams (user_id, category_id, is_live, viewers_count) VALUES (?, ?, ?, ?)"
+    await raw_execute(store, insert, users[0].id, ids["Music"], True, 10)
+    await raw_execute(store, insert, users[1].id, ids["Music"], True, 5)
+    await raw_execute(store, insert, users[2].id, ids["Music"], False, 1000)  # ended: not counted
+    await raw_execute(store, insert, users[3].id, ids["Art"], True, 7)
+    await raw_execute(store, insert, users[2].id, None, True, 50)  # no category
+
+    page = await store.list_categories(limit=100, offset=0)
+    assert [(c.name, c.viewers_count) for c in page] == [
+        ("Music", 15), ("Art", 7), ("Gaming", 0), ("Just Chatting", 0), ("Science & Technology", 0),
+    ]
+    assert (await store.get_category(ids["Music"])).viewers_count == 15
+    assert [c.name for c in await store.list_categories(limit=2, offset=1)] == ["Art", "Gaming"]
+    assert await store.list_categories(limit=10, offset=5) == []
+    # Deleting a category leaves its streams, uncategorised.
+    assert await store.delete_category(ids["Music"])
+    assert await raw_execute(store, "SELECT count(*) FROM streams WHERE category_id IS NULL") == [(4,)]
+
+
+async def test_follow_unfollow_and_lists(store):
+    alice, bob, carol = [await store.create_user(n, f"{n}@example.com", "h") for n in ("alice", "bob", "carol")]
+    assert await store.follow(alice.id, bob.id) is True
+    assert await store.follow(alice.id, bob.id) is False  # idempotent: counted once
+    assert await store.follow(carol.id, bob.id) is True
+    assert await store.follow(bob.id, alice.id) is True
+    assert (await store.get_user(bob.id)).followers_count == 2
+    assert await store.is_following(alice.id, bob.id) and not await store.is_following(alice.id, carol.id)
+
+    followers = await store.list_followers(bob.id, limit=10, offset=0)
+    assert [u.username for u, _ in followers] == ["carol", "alice"]  # newest first
+    assert all(is_utc(at) for _, at in followers) and followers[0][1] >= followers[1][1]
+    assert [u.username for u, _ in await store.list_followers(bob.id, limit=1, offset=1)] == ["alice"]
+    following = await store.list_following(alice.id, limit=10, offset=0)
+    assert [(u.username, u.followers_count) for u, _ in following] == [("bob", 2)]
+    assert (await store.count_followers(bob.id), await store.count_following(bob.id)) == (2, 1)
+
+    assert await store.unfollow(alice.id, bob.id) is True
+    assert await store.unfollow(alice.id, bob.id) is False  # idempotent: never below the truth
+    assert (await store.get_user(bob.id)).followers_count == 1 == await store.count_followers(bob.id)
+    assert not await store.is_following(alice.id, bob.id)
+
+    with pytest.raises(ValueError):
+        await store.follow(alice.id, alice.id)
+    with pytest.raises(NotFound):
+        await store.follow(alice.id, carol.id + 1000)
+    assert await store.unfollow(alice.id, carol.id + 1000) is False
+
+
+async def test_concurrent_follows_keep_followers_count_exact(store, database_url, tmp_path):
+    # Two stores on one database (two processes' worth of connections), every follow sent twice.
+    async with await open_store(database_url, data_dir=tmp_path) as other:
+        star = await store.create_user("star", "star@example.com", "h")
+        fans = [await store.create_user(f"fan{i}", f"fan{i}@example.com", "h") for i in range(20)]
+        results = await asyncio.gather(*(s.follow(fan.id, star.id) for fan in fans for s in (store, other)))
+        assert sum(results) == 20
+        assert (await store.get_user(star.id)).followers_count == 20 == await store.count_followers(star.id)
+
+        results = await asyncio.gather(*(s.unfollow(fan.id, star.id) for fan in fans[:15] for s in (other, store)))
+        assert sum(results) == 15
+        assert (await store.get_user(star.id)).followers_count == 5 == await store.count_followers(star.id)
+
+
+async def test_set_admin(store):
+    alice = await store.create_user("alice", "alice@example.com", "h")
+    promoted = await store.set_admin(alice.id, True)
+    assert promoted.is_admin and promoted.updated_at >= alice.updated_at
+    assert (await store.set_admin(alice.id, False)).is_admin is False
+    with pytest.raises(NotFound):
+        await store.set_admin(alice.id + 1000, True)

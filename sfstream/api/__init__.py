@@ -14,11 +14,13 @@ from aiohttp import web
 from aiohttp_apigami import setup_aiohttp_apispec
 
 from .. import __version__
+from ..broadcasts import BROADCASTS
 from ..bus import open_bus
 from ..config import Settings
 from ..secret_key import load_secret_key
 from ..store import open_store
-from . import auth, users
+from . import auth, categories, follows, streams, users
+from .ws import VIEWER_SOCKETS, ViewerSockets, viewers_socket
 from .context import API_SETTINGS, BUS, STORE, TOKENS, client_ip
 from .errors import APIError, error_middleware
 from .security import TokenService, dummy_hash
@@ -41,6 +43,30 @@ ROUTES = [
     ("POST", "/users/avatar", users.upload_avatar),
     ("PUT", "/users/avatar", users.upload_avatar),
     ("GET", "/users/{username:[A-Za-z0-9_]{1,64}}", users.get_user),
+    ("GET", "/users/{username:[A-Za-z0-9_]{1,64}}/follow", follows.follow_status),
+    ("POST", "/users/{username:[A-Za-z0-9_]{1,64}}/follow", follows.follow),
+    ("DELETE", "/users/{username:[A-Za-z0-9_]{1,64}}/follow", follows.unfollow),
+    ("GET", "/users/{username:[A-Za-z0-9_]{1,64}}/followers", follows.followers),
+    ("GET", "/users/{username:[A-Za-z0-9_]{1,64}}/following", follows.following),
+    ("GET", "/categories", categories.list_categories),
+    ("POST", "/categories", categories.create_category),
+    ("GET", "/categories/{id:[0-9]{1,18}}", categories.get_category),
+    ("PUT", "/categories/{id:[0-9]{1,18}}", categories.update_category),
+    ("DELETE", "/categories/{id:[0-9]{1,18}}", categories.delete_category),
+    ("GET", "/stream/key", streams.get_stream_key),
+    ("POST", "/stream/key/reset", streams.reset_stream_key),
+    ("GET", "/stream/settings", streams.get_stream_settings),
+    ("PUT", "/stream/settings", streams.put_stream_settings),
+    ("POST", "/streams", streams.create_stream),
+    ("GET", "/streams", streams.list_streams),
+    ("GET", "/streams/{id:[0-9]{1,18}}", streams.get_stream),
+    ("PUT", "/streams/{id:[0-9]{1,18}}", streams.update_stream),
+    ("DELETE", "/streams/{id:[0-9]{1,18}}", streams.delete_stream),
+    ("POST", "/streams/{id:[0-9]{1,18}}/playback-token", streams.playback_token),
+    ("GET", "/streams/{id:[0-9]{1,18}}/statistics", streams.stream_statistics),
+    ("GET", "/users/{username:[A-Za-z0-9_]{1,64}}/streams", streams.user_streams),
+    ("GET", "/users/{username:[A-Za-z0-9_]{1,64}}/statistics", streams.user_statistics),
+    ("GET", "/categories/{id:[0-9]{1,18}}/streams", streams.category_streams),
 ]
 
 
@@ -129,6 +155,14 @@ def setup_api(app: web.Application, settings: Settings) -> None:
     docs.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     app.add_subapp(MOUNT, api)
     app.router.add_get(users.AVATAR_URL + "{name:[0-9]+-[0-9a-f]{16}\\.jpg}", users.serve_avatar)
+    hub = app[VIEWER_SOCKETS] = ViewerSockets(app)
+    app[BROADCASTS].on_end.append(hub.broadcast_ended)
+    app.router.add_get("/ws/streams/{id:[0-9]{1,18}}/viewers", viewers_socket)
+    app.on_shutdown.append(_close_sockets)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    await app[VIEWER_SOCKETS].close_all()  # code 1001 "going away": clients reconnect elsewhere
 
 
 async def _store_ctx(app: web.Application):

@@ -9,14 +9,12 @@ import math
 from aiohttp import web
 from marshmallow import Schema, ValidationError
 
-from ..bus import Bus
+from ..appkeys import BUS, STORE
 from ..config import Settings
-from ..store import Store, User
+from ..store import User
 from .errors import APIError
 from .security import InvalidToken, TokenService
 
-STORE = web.AppKey("store", Store)
-BUS = web.AppKey("bus", Bus)
 TOKENS = web.AppKey("tokens", TokenService)
 API_SETTINGS = web.AppKey("api_settings", Settings)
 

@@ -1,10 +1,13 @@
 """The interface both buses implement: state several sfstream instances must share.
 
-Fixed-window counters (rate limits) and revoked access-token ids. Times are seconds (float).
+Fixed-window counters (rate limits), revoked access-token ids, and viewer presence: who is
+watching a stream now (members with an expiry) and how many distinct viewers it had. Times are
+seconds (float).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 
 
 class BusUnavailable(ConnectionError):
@@ -40,6 +43,28 @@ class Bus(ABC):
     @abstractmethod
     async def is_revoked(self, token_id: str) -> bool:
         """Whether `token_id` was revoked and its ttl has not run out."""
+
+    @abstractmethod
+    async def touch(self, group: str, members: Collection[str], ttl: float) -> None:
+        """Mark each member present in `group` for `ttl` seconds from now (a later touch extends
+        it), and count it among the group's distinct members."""
+
+    @abstractmethod
+    async def leave(self, group: str, member: str) -> None:
+        """The member is gone now (a closed websocket), whatever its ttl."""
+
+    @abstractmethod
+    async def present(self, group: str) -> int:
+        """How many members of `group` are present (ttl not run out)."""
+
+    @abstractmethod
+    async def distinct(self, group: str) -> int:
+        """How many distinct members `group` has had since it was last forgotten (Redis: a
+        HyperLogLog estimate, within ~1 %)."""
+
+    @abstractmethod
+    async def forget(self, group: str) -> None:
+        """Drop the group's presence and distinct members (a broadcast starts or ended)."""
 
     @abstractmethod
     async def close(self) -> None:

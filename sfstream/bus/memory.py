@@ -64,6 +64,9 @@ class _ExpiringTable:
     def pop(self, key: str) -> None:
         self._entries.pop(key, None)
 
+    def purge(self, now: float) -> None:
+        self._purge_expired(now)
+
     def _purge_expired(self, now: float) -> None:
         while self._heap and self._heap[0][0] <= now:
             self._pop_heap()
@@ -75,6 +78,18 @@ class _ExpiringTable:
             del self._entries[key]
 
 
+class _Group:
+    """Presence of one group (member -> expiry, heap-ordered so that a touch costs O(log n)
+    however many members there are), and the members ever seen (bounded)."""
+
+    __slots__ = ("present", "seen", "overflow")
+
+    def __init__(self, max_keys: int) -> None:
+        self.present = _ExpiringTable(max_keys)
+        self.seen: set[str] = set()
+        self.overflow = 0  # distinct members not kept once `seen` is full (still counted)
+
+
 class InProcessBus(Bus):
     def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         if max_keys < 1:
@@ -82,6 +97,7 @@ class InProcessBus(Bus):
         self.max_keys = max_keys
         self._counters = _ExpiringTable(max_keys)
         self._revoked = _ExpiringTable(max_keys)
+        self._groups: dict[str, _Group] = {}
 
     def __len__(self) -> int:
         """Entries held (counters + revocations), expired ones not yet purged included."""
@@ -114,6 +130,43 @@ class InProcessBus(Bus):
     async def is_revoked(self, token_id: str) -> bool:
         return self._revoked.get(token_id, time.monotonic()) is not None
 
+    async def touch(self, group: str, members, ttl: float) -> None:
+        check_window(ttl)
+        now = time.monotonic()
+        g = self._groups.get(group)
+        if g is None:
+            g = self._groups[group] = _Group(self.max_keys)
+        until = now + ttl
+        for m in members:
+            # Bounded: past max_keys members the ones closest to expiry are dropped, so a flood
+            # of made-up session ids cannot grow memory without end.
+            g.present.put(m, until, now)
+            if m not in g.seen:
+                if len(g.seen) < self.max_keys:
+                    g.seen.add(m)
+                else:
+                    g.overflow += 1
+
+    async def leave(self, group: str, member: str) -> None:
+        g = self._groups.get(group)
+        if g is not None:
+            g.present.pop(member)
+
+    async def present(self, group: str) -> int:
+        g = self._groups.get(group)
+        if g is None:
+            return 0
+        g.present.purge(time.monotonic())
+        return len(g.present)
+
+    async def distinct(self, group: str) -> int:
+        g = self._groups.get(group)
+        return 0 if g is None else len(g.seen) + g.overflow
+
+    async def forget(self, group: str) -> None:
+        self._groups.pop(group, None)
+
     async def close(self) -> None:
         self._counters = _ExpiringTable(self.max_keys)
         self._revoked = _ExpiringTable(self.max_keys)
+        self._groups = {}

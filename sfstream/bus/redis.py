@@ -1,12 +1,15 @@
 """The bus on Redis (redis.asyncio), shared by every instance pointing at the same server.
 
-Keys: PREFIX + "rate:" + key (a counter with a PX expiry) and PREFIX + "revoked:" + token id
-(a flag with a PX expiry), so a rate-limit key can never collide with a revocation.
+Keys: PREFIX + "rate:" + key (a counter with a PX expiry), PREFIX + "revoked:" + token id
+(a flag with a PX expiry), PREFIX + "presence:" + group (a sorted set: member -> expiry in ms)
+and PREFIX + "distinct:" + group (a HyperLogLog), so no kind of key can collide with another.
+Presence expiries are the instances' wall clocks: keep them in sync (NTP), as for any cluster.
 """
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -15,6 +18,8 @@ from redis.exceptions import RedisError
 from .base import Bus, BusUnavailable, check_window
 
 DEFAULT_PREFIX = "sfstream:"
+# A broadcast's distinct viewers are kept this long after the last new one (longer than any broadcast).
+GROUP_TTL_MS = 7 * 86400 * 1000
 
 # INCR, and start the window only if the key has none: on the first hit, or if something left
 # the key without an expiry (a counter that never expires would lock a client out for good).
@@ -116,6 +121,40 @@ class RedisBus(Bus):
 
     async def is_revoked(self, token_id: str) -> bool:
         return bool(await self.client.exists(self._revoked(token_id)))
+
+    def _presence(self, group: str) -> str:
+        return f"{self.prefix}presence:{group}"
+
+    def _distinct(self, group: str) -> str:
+        return f"{self.prefix}distinct:{group}"
+
+    async def touch(self, group: str, members, ttl: float) -> None:
+        check_window(ttl)
+        members = list(members)
+        if not members:
+            return
+        until = int(time.time() * 1000) + _ms(ttl)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._presence(group), dict.fromkeys(members, until))
+            pipe.pexpire(self._presence(group), _ms(ttl))  # a group nobody touches goes away
+            pipe.pfadd(self._distinct(group), *members)
+            pipe.pexpire(self._distinct(group), GROUP_TTL_MS)
+            await pipe.execute()
+
+    async def leave(self, group: str, member: str) -> None:
+        await self.client.zrem(self._presence(group), member)
+
+    async def present(self, group: str) -> int:
+        key = self._presence(group)
+        async with self.client.pipeline(transaction=True) as pipe:
+            _, count = await pipe.zremrangebyscore(key, "-inf", int(time.time() * 1000)).zcard(key).execute()
+        return int(count)
+
+    async def distinct(self, group: str) -> int:
+        return int(await self.client.pfcount(self._distinct(group)))
+
+    async def forget(self, group: str) -> None:
+        await self.client.delete(self._presence(group), self._distinct(group))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from ..media.live import LiveStream
 from ..media.packet import AudioConfig, Packet, VideoConfig
@@ -98,8 +99,10 @@ class Rendition:
 class HLSStream:
     """The HLS side of one broadcast: a StreamConsumer of its LiveStream."""
 
-    def __init__(self, live: LiveStream, settings: HLSSettings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, live: LiveStream, settings: HLSSettings, loop: asyncio.AbstractEventLoop,
+                 on_finish: Callable[[str], None] | None = None) -> None:
         self.name = live.name
+        self._on_finish = on_finish
         self.live = live
         self.token = secrets.token_hex(4)
         self.settings = settings
@@ -152,6 +155,14 @@ class HLSStream:
         for r in self.renditions.values():
             r.segmenter.finish()
         self._changed()
+        if self._on_finish is not None:
+            self._on_finish(self.name)
+
+    def end_now(self) -> None:
+        """End the playlists now, without waiting out a reconnect grace period."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._finish()
 
     @property
     def waiting_for_publisher(self) -> bool:
@@ -219,6 +230,12 @@ class HLSOutput:
         self.settings = settings
         self.streams: dict[str, HLSStream] = {}
         self._attached: asyncio.Future | None = None
+        # Called with a stream's name when its playlists end for good (ENDLIST).
+        self.on_finish: list[Callable[[str], None]] = []
+
+    def _finished(self, name: str) -> None:
+        for callback in self.on_finish:
+            callback(name)
 
     def attach(self, live: LiveStream) -> HLSStream:
         """Called when a publish starts: package this LiveStream as HLS."""
@@ -226,7 +243,7 @@ class HLSOutput:
         if stream is not None and stream.waiting_for_publisher:
             stream.resume(live)
         else:
-            stream = HLSStream(live, self.settings, asyncio.get_running_loop())
+            stream = HLSStream(live, self.settings, asyncio.get_running_loop(), self._finished)
             self.streams[live.name] = stream  # replaces an ended broadcast of the same name
         live.consumers.append(stream)
         if self._attached is not None and not self._attached.done():

@@ -1,14 +1,28 @@
 """HTTP handlers serving HLS from memory."""
 from __future__ import annotations
 
+import dataclasses
 import re
+import secrets
+from typing import Protocol
 
 from aiohttp import web
 
 from . import playlist
 from .live import HLSOutput, HLSStream, Rendition
 
+
+
+class Audience(Protocol):
+    """Who may watch, and who is watching (the app wires sfstream.broadcasts.Broadcasts)."""
+
+    async def can_watch(self, name: str, token: str | None) -> bool: ...
+
+    async def hls_seen(self, name: str, session: str | None) -> None: ...
+
+
 HLS_OUTPUT = web.AppKey("hls_output", HLSOutput)
+HLS_AUDIENCE = web.AppKey("hls_audience", Audience)
 
 M3U8 = "application/vnd.apple.mpegurl"
 MP4 = "video/mp4"
@@ -27,6 +41,12 @@ _INIT_RE = re.compile(r"init-([0-9a-f]+)-(\d+)\.mp4")
 _SEG_RE = re.compile(r"seg-([0-9a-f]+)-(\d+)\.m4s")
 _PART_RE = re.compile(r"part-([0-9a-f]+)-(\d+)\.(\d+)\.m4s")
 MAX_DIRECTIVE = 2**63 - 1  # _HLS_msn / _HLS_part are decimal-integers (spec 4.2)
+# A playback token travels as a path segment "~TOKEN" between the stream name and the
+# rendition, so that every relative URI of the playlists (segments, parts, init sections,
+# rendition reports) carries it without rewriting them per viewer.
+GRANT_RE = r"~[A-Za-z0-9_.\-]{1,2048}"
+SESSION_PARAM = "vs"
+SESSION_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 def _response(body: bytes, content_type: str, cache: str) -> web.Response:
@@ -45,6 +65,26 @@ def _error(status: int, code: str, message: str, fields: dict | None = None) -> 
 
 def _not_found(what: str) -> web.Response:
     return _error(404, "not_found", f"{what} not found")
+
+
+def _token(request: web.Request) -> str | None:
+    grant = request.match_info.get("grant")
+    return grant[1:] if grant else request.query.get("token")
+
+
+async def _refused(request: web.Request) -> web.Response | None:
+    """403 unless the audience lets this request watch the stream."""
+    audience = request.app.get(HLS_AUDIENCE)
+    if audience is None or await audience.can_watch(request.match_info["name"], _token(request)):
+        return None
+    return _error(403, "forbidden", "this stream is private: a valid playback token is needed")
+
+
+def _privately(resp: web.Response, request: web.Request) -> web.Response:
+    # What a playback token opened is not for shared caches.
+    if "grant" in request.match_info:
+        resp.headers["Cache-Control"] = resp.headers["Cache-Control"].replace("public", "private")
+    return resp
 
 
 def _blocking_timeout(stream: HLSStream, r: Rendition) -> float:
@@ -69,10 +109,21 @@ async def _stream_with_segments(request: web.Request) -> HLSStream | None:
 
 
 async def multivariant(request: web.Request) -> web.Response:
+    if (refused := await _refused(request)) is not None:
+        return refused
     stream = await _stream_with_segments(request)
     if stream is None:
         return _not_found("stream")
-    body = playlist.multivariant_playlist(stream.variants()).encode()
+    # Each player gets a viewer session id in its media playlist URLs (players keep the query
+    # when they reload), so its playlist requests say who is watching; a reload of this
+    # playlist that already has one keeps it.
+    session = request.query.get(SESSION_PARAM, "")
+    if not SESSION_RE.fullmatch(session):
+        session = secrets.token_urlsafe(12)
+    token = _token(request)
+    prefix = f"~{token}/" if token else ""
+    variants = [dataclasses.replace(v, uri=f"{prefix}{v.uri}?{SESSION_PARAM}={session}") for v in stream.variants()]
+    body = playlist.multivariant_playlist(variants).encode()
     return _response(body, M3U8, CACHE_PLAYLIST)
 
 
@@ -95,10 +146,15 @@ def _directive(query, name: str) -> int | None:
 
 
 async def media_playlist(request: web.Request) -> web.Response:
+    if (refused := await _refused(request)) is not None:
+        return refused
     found = _rendition(request)
     if found is None:
         return _not_found("rendition")
     stream, r = found
+    audience = request.app.get(HLS_AUDIENCE)
+    if audience is not None:
+        await audience.hls_seen(stream.name, request.query.get(SESSION_PARAM))
     seg = r.segmenter
     try:
         msn = _directive(request.query, "_HLS_msn")
@@ -139,7 +195,7 @@ async def media_playlist(request: web.Request) -> web.Response:
         # A blocking request's URL names the playlist state it asked for: caches and CDNs
         # may keep the answer and collapse identical requests of many viewers (spec 6.2.5.2).
         resp.headers["Cache-Control"] = f"public, max-age={3 * playlist.target_duration(seg)}"
-    return resp
+    return _privately(resp, request)
 
 
 async def _part(stream: HLSStream, r: Rendition, msn: int, index: int) -> web.Response:
@@ -165,6 +221,12 @@ async def _part(stream: HLSStream, r: Rendition, msn: int, index: int) -> web.Re
 
 
 async def media_file(request: web.Request) -> web.Response:
+    if (refused := await _refused(request)) is not None:
+        return refused
+    return _privately(await _media_file(request), request)
+
+
+async def _media_file(request: web.Request) -> web.Response:
     found = _rendition(request)
     if found is None:
         return _not_found("rendition")
@@ -195,6 +257,7 @@ async def preflight(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get(f"/hls/{{name:{NAME_RE}}}/index.m3u8", multivariant)
-    app.router.add_get(f"/hls/{{name:{NAME_RE}}}/{{rendition:[a-z0-9]+}}/{playlist.MEDIA_PLAYLIST}", media_playlist)
-    app.router.add_get(f"/hls/{{name:{NAME_RE}}}/{{rendition:[a-z0-9]+}}/{{file}}", media_file)
+    for base in (f"/hls/{{name:{NAME_RE}}}", f"/hls/{{name:{NAME_RE}}}/{{grant:{GRANT_RE}}}"):
+        app.router.add_get(f"{base}/{{rendition:[a-z0-9]+}}/{playlist.MEDIA_PLAYLIST}", media_playlist)
+        app.router.add_get(f"{base}/{{rendition:[a-z0-9]+}}/{{file}}", media_file)
     app.router.add_route("OPTIONS", "/hls/{tail:.*}", preflight)

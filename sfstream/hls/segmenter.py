@@ -147,7 +147,8 @@ class Segmenter:
         return completed
 
     def push(self, packet: Packet) -> bool:
-        """Add one packet. Returns True if at least one part completed."""
+        """Add one packet. Returns True if the playlist changed: a part completed or a segment
+        was sealed (then waiters must be woken)."""
         if self.ended or self.init is None:
             return False
         if packet.is_video:
@@ -388,7 +389,10 @@ class Segmenter:
         self._discontinuities += seg.discontinuity
         self.max_segment_seen = max(self.max_segment_seen, seg.duration)
         self.segments.append(seg)
-        return completed
+        # Sealing changes the playlist even when the last part was already out: the preload
+        # hint for a part of this segment is now void, and its waiters must hear so now
+        # (404 at once), not when the next segment's first part completes.
+        return True
 
 
 def part_target_attr(seconds: float) -> str:

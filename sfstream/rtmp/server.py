@@ -215,6 +215,16 @@ class RTMPServer:
         self._server = await loop.create_server(lambda: PublishSession(self), host, port, backlog=1024)
         return self._server.sockets[0].getsockname()[1]
 
+    def disconnect(self, name: str, reason: str) -> int:
+        """End the publish of stream `name` for good (no reconnect grace): key reset, stream
+        deleted by its owner. Returns how many connections were closed."""
+        closed = 0
+        for session in list(self.sessions):
+            if session.live is not None and session.live.name == name:
+                session.close(reason, interrupted=False)
+                closed += 1
+        return closed
+
     async def close(self) -> None:
         """Stop listening and end every publish (their playlists get ENDLIST)."""
         if self._server is not None:

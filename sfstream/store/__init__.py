@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import Conflict, NotFound, Store, StoreError
-from .models import Category, Follow, RefreshToken, Stream, User
+from .models import Category, Channel, Follow, RefreshToken, Stream, StreamTotals, User
 
 __all__ = [
     "open_store", "Store", "StoreError", "Conflict", "NotFound",
-    "User", "RefreshToken", "Category", "Stream", "Follow", "DEFAULT_SQLITE_FILE",
+    "User", "RefreshToken", "Category", "Channel", "Stream", "StreamTotals", "Follow", "DEFAULT_SQLITE_FILE",
 ]
 
 DEFAULT_SQLITE_FILE = "sfstream.db"

@@ -45,15 +45,28 @@ class Category:
 
 
 @dataclass(frozen=True, slots=True)
+class Channel:
+    """A user's stream key (only ever stored encrypted; the HMAC is what a publish looks up)
+    and the defaults of their next broadcast."""
+    user_id: int
+    stream_key_ciphertext: bytes
+    stream_key_hmac: str
+    title: str
+    description: str
+    category_id: int | None
+    is_private: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Stream:
+    """One broadcast: prepared (started_at None), live, or ended (ended_at set)."""
     id: int
     user_id: int
     title: str
     description: str
     thumbnail: str | None
-    # The key itself is only ever stored encrypted; the HMAC is what RTMP publish looks up.
-    stream_key_ciphertext: bytes | None
-    stream_key_hmac: str | None
     category_id: int | None
     is_live: bool
     viewers_count: int
@@ -62,6 +75,23 @@ class Stream:
     ended_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    peak_viewers: int
+    unique_viewers: int
+    watch_seconds: float
+    # joined from users and categories
+    username: str
+    user_avatar: str | None
+    category_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTotals:
+    """A streamer's broadcasts added up."""
+    broadcasts: int
+    live_seconds: float
+    watch_seconds: float
+    peak_viewers: int
+    unique_viewers: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ from typing import Any
 import asyncpg
 
 from .base import Conflict, NotFound, Store, StoreError, load_migrations, utc
-from .models import RefreshToken, User
+from .models import Category, RefreshToken, User
+from .postgres_common import _count, _integrity_error
+from .postgres_streams import PostgresStreams
 
 _USER_COLUMNS = "id, username, email, password_hash, avatar, bio, followers_count, is_admin, created_at, updated_at"
 _TOKEN_COLUMNS = "id, family_id, user_id, token_hash, expires_at, created_at, used_at, revoked_at, user_agent, ip"
@@ -15,17 +17,6 @@ _TOKEN_COLUMNS = "id, family_id, user_id, token_hash, expires_at, created_at, us
 # pg_advisory_xact_lock key that serialises migrations of every sfstream process sharing
 # the database (any constant; this one is b"sfstream" read as a signed 64-bit integer).
 _MIGRATION_LOCK = int.from_bytes(b"sfstream", "big", signed=True)
-
-# Unique constraints/indexes (named in the migrations) -> the field Conflict reports; the
-# same names SQLiteStore reads from its error messages.
-_CONFLICT_FIELDS = {
-    "users_username_key": "username",
-    "users_email_key": "email",
-    "categories_name_key": "name",
-    "refresh_tokens_token_hash_key": "token_hash",
-    "streams_stream_key_hmac_key": "stream_key_hmac",
-    "follows_follower_id_following_id_key": "follower_id,following_id",
-}
 
 
 def _user(row: asyncpg.Record | None) -> User | None:
@@ -36,20 +27,20 @@ def _token(row: asyncpg.Record | None) -> RefreshToken | None:
     return None if row is None else RefreshToken(**row)
 
 
-def _integrity_error(exc: asyncpg.IntegrityConstraintViolationError) -> StoreError:
-    if isinstance(exc, asyncpg.UniqueViolationError):
-        return Conflict(_CONFLICT_FIELDS.get(exc.constraint_name or "", exc.constraint_name or "unknown"))
-    if isinstance(exc, asyncpg.ForeignKeyViolationError):
-        return NotFound("a referenced row does not exist")
-    return StoreError(str(exc))
+_USER_COLUMNS_U = ", ".join(f"u.{column.strip()}" for column in _USER_COLUMNS.split(","))  # for joins
+# A category's viewers are those of its live streams now, summed at read time: the stored
+# categories.viewers_count column would need updating on every viewer change.
+_CATEGORY_COLUMNS = (
+    "categories.id, name, description, thumbnail, (SELECT coalesce(sum(s.viewers_count), 0) FROM streams s "
+    "WHERE s.category_id = categories.id AND s.is_live) AS viewers_count, created_at, updated_at"
+)
 
 
-def _count(status: str) -> int:
-    # asyncpg's execute() answers the command tag, e.g. "UPDATE 3" or "DELETE 0".
-    return int(status.rsplit(" ", 1)[-1])
+def _category(row: asyncpg.Record | None) -> Category | None:
+    return None if row is None else Category(**row)
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresStreams, Store):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
@@ -193,3 +184,100 @@ class PostgresStore(Store):
 
     async def delete_expired_tokens(self, now: datetime) -> int:
         return await self._execute("DELETE FROM refresh_tokens WHERE expires_at <= $1", utc(now))
+
+    # --- categories and follows ---
+    async def list_categories(self, *, limit: int, offset: int) -> list[Category]:
+        rows = await self._pool.fetch(
+            f"SELECT {_CATEGORY_COLUMNS} FROM categories "
+            f"ORDER BY viewers_count DESC, lower(name), id LIMIT $1 OFFSET $2",
+            limit, offset,
+        )
+        return [_category(row) for row in rows]
+
+    async def count_categories(self) -> int:
+        return await self._pool.fetchval("SELECT count(*) FROM categories")
+
+    async def get_category(self, id: int) -> Category | None:
+        return _category(await self._fetchrow(f"SELECT {_CATEGORY_COLUMNS} FROM categories WHERE id = $1", id))
+
+    async def create_category(self, name: str, description: str = "") -> Category:
+        return _category(await self._fetchrow(
+            f"INSERT INTO categories (name, description) VALUES ($1, $2) RETURNING {_CATEGORY_COLUMNS}",
+            name, description,
+        ))
+
+    async def update_category(self, id: int, *, name: str | None = None, description: str | None = None) -> Category:
+        changes = {k: v for k, v in (("name", name), ("description", description)) if v is not None}
+        assignments = "".join(f"{column} = ${i}, " for i, column in enumerate(changes, 2))  # our names, not input
+        row = await self._fetchrow(
+            f"UPDATE categories SET {assignments}updated_at = now() WHERE id = $1 RETURNING {_CATEGORY_COLUMNS}",
+            id, *changes.values(),
+        )
+        if row is None:
+            raise NotFound(f"category {id}")
+        return _category(row)
+
+    async def delete_category(self, id: int) -> bool:
+        return await self._execute("DELETE FROM categories WHERE id = $1", id) == 1
+
+    async def follow(self, follower_id: int, following_id: int) -> bool:
+        if follower_id == following_id:
+            raise ValueError("a user cannot follow themselves")
+        # One statement: the counter moves only if the INSERT inserted. A concurrent follow of the
+        # same pair waits on the unique index until this commits, then inserts nothing; the
+        # UPDATE's row lock makes concurrent increments of one user add up.
+        row = await self._fetchrow(
+            "WITH inserted AS ("
+            "  INSERT INTO follows (follower_id, following_id) VALUES ($1, $2)"
+            "  ON CONFLICT (follower_id, following_id) DO NOTHING RETURNING following_id"
+            ") UPDATE users SET followers_count = followers_count + 1 "
+            "WHERE id = (SELECT following_id FROM inserted) RETURNING id",
+            follower_id, following_id,
+        )
+        return row is not None
+
+    async def unfollow(self, follower_id: int, following_id: int) -> bool:
+        # A concurrent DELETE of the same row waits for this one, then finds nothing to delete.
+        row = await self._fetchrow(
+            "WITH deleted AS ("
+            "  DELETE FROM follows WHERE follower_id = $1 AND following_id = $2 RETURNING following_id"
+            ") UPDATE users SET followers_count = followers_count - 1 "
+            "WHERE id = (SELECT following_id FROM deleted) RETURNING id",
+            follower_id, following_id,
+        )
+        return row is not None
+
+    async def is_following(self, follower_id: int, following_id: int) -> bool:
+        return bool(await self._pool.fetchval(
+            "SELECT 1 FROM follows WHERE follower_id = $1 AND following_id = $2", follower_id, following_id
+        ))
+
+    async def _follow_page(self, match: str, show: str, user_id: int, limit: int, offset: int):
+        # Rows whose `match` column is user_id, as the users their `show` column names.
+        rows = await self._pool.fetch(
+            f"SELECT {_USER_COLUMNS_U}, f.created_at AS followed_at FROM follows f JOIN users u ON u.id = f.{show} "
+            f"WHERE f.{match} = $1 ORDER BY f.created_at DESC, f.id DESC LIMIT $2 OFFSET $3",
+            user_id, limit, offset,
+        )
+        return [(User(*tuple(row)[:-1]), row["followed_at"]) for row in rows]
+
+    async def list_followers(self, user_id: int, *, limit: int, offset: int) -> list[tuple[User, datetime]]:
+        return await self._follow_page("following_id", "follower_id", user_id, limit, offset)
+
+    async def list_following(self, user_id: int, *, limit: int, offset: int) -> list[tuple[User, datetime]]:
+        return await self._follow_page("follower_id", "following_id", user_id, limit, offset)
+
+    async def count_followers(self, user_id: int) -> int:
+        return await self._pool.fetchval("SELECT count(*) FROM follows WHERE following_id = $1", user_id)
+
+    async def count_following(self, user_id: int) -> int:
+        return await self._pool.fetchval("SELECT count(*) FROM follows WHERE follower_id = $1", user_id)
+
+    async def set_admin(self, user_id: int, is_admin: bool) -> User:
+        row = await self._fetchrow(
+            f"UPDATE users SET is_admin = $2, updated_at = now() WHERE id = $1 RETURNING {_USER_COLUMNS}",
+            user_id, is_admin,
+        )
+        if row is None:
+            raise NotFound(f"user {user_id}")
+        return _user(row)

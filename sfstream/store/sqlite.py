@@ -12,19 +12,12 @@ from typing import Any, AsyncIterator
 import aiosqlite
 
 from .base import Conflict, NotFound, Store, StoreError, load_migrations, now, utc
-from .models import RefreshToken, User
+from .models import Category, RefreshToken, User
+from .sqlite_common import _dt, _integrity_error, _ts
+from .sqlite_streams import SQLiteStreams
 
 _USER_COLUMNS = "id, username, email, password_hash, avatar, bio, followers_count, is_admin, created_at, updated_at"
 _TOKEN_COLUMNS = "id, family_id, user_id, token_hash, expires_at, created_at, used_at, revoked_at, user_agent, ip"
-
-
-def _ts(dt: datetime) -> str:
-    # Fixed-width UTC text, the format of the schema's defaults: string order is time order.
-    return utc(dt).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def _dt(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
 
 
 def _user(row: sqlite3.Row | None) -> User | None:
@@ -45,15 +38,23 @@ def _token(row: sqlite3.Row | None) -> RefreshToken | None:
     )
 
 
-def _integrity_error(exc: sqlite3.IntegrityError) -> StoreError:
-    # "UNIQUE constraint failed: users.email" -> Conflict("email"): the same field names that
-    # PostgresStore derives from its constraint names.
-    m = re.match(r"UNIQUE constraint failed: (.+)", str(exc))
-    if m:
-        return Conflict(",".join(col.split(".")[-1].strip() for col in m[1].split(",")))
-    if str(exc).startswith("FOREIGN KEY"):
-        return NotFound("a referenced row does not exist")
-    return StoreError(str(exc))
+_USER_COLUMNS_U = ", ".join(f"u.{column.strip()}" for column in _USER_COLUMNS.split(","))  # for joins
+# A category's viewers are those of its live streams now, summed at read time: the stored
+# categories.viewers_count column would need updating on every viewer change.
+# Written with the table's own name, not an alias: SQLite's RETURNING does not see aliases.
+_CATEGORY_COLUMNS = (
+    "categories.id, name, description, thumbnail, (SELECT coalesce(sum(s.viewers_count), 0) FROM streams s "
+    "WHERE s.category_id = categories.id AND s.is_live = 1) AS live_viewers, created_at, updated_at"
+)
+
+
+def _category(row: sqlite3.Row | None) -> Category | None:
+    if row is None:
+        return None
+    return Category(
+        id=row[0], name=row[1], description=row[2], thumbnail=row[3], viewers_count=row[4],
+        created_at=_dt(row[5]), updated_at=_dt(row[6]),
+    )
 
 
 def _split_statements(script: str) -> list[str]:
@@ -87,7 +88,7 @@ async def _enable_wal(db: aiosqlite.Connection, timeout: float) -> None:
             await asyncio.sleep(0.01)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteStreams, Store):
     """One aiosqlite connection (its own thread). An asyncio.Lock serialises our use of it, so
     one coroutine's transaction never swallows another coroutine's statements."""
 
@@ -266,3 +267,114 @@ class SQLiteStore(Store):
     async def delete_expired_tokens(self, now: datetime) -> int:
         _, count = await self._write("DELETE FROM refresh_tokens WHERE expires_at <= ?", (_ts(now),))
         return count
+
+    # --- categories and follows ---
+    async def list_categories(self, *, limit: int, offset: int) -> list[Category]:
+        async with self._lock:
+            async with self._db.execute(
+                f"SELECT {_CATEGORY_COLUMNS} FROM categories "
+                f"ORDER BY live_viewers DESC, name, id LIMIT ? OFFSET ?",  # name is COLLATE NOCASE
+                (limit, offset),
+            ) as cur:
+                return [_category(row) for row in await cur.fetchall()]
+
+    async def count_categories(self) -> int:
+        return (await self._fetchone("SELECT count(*) FROM categories"))[0]
+
+    async def get_category(self, id: int) -> Category | None:
+        return _category(await self._fetchone(f"SELECT {_CATEGORY_COLUMNS} FROM categories WHERE id = ?", (id,)))
+
+    async def create_category(self, name: str, description: str = "") -> Category:
+        ts = _ts(now())
+        row, _ = await self._write(
+            f"INSERT INTO categories (name, description, created_at, updated_at) VALUES (?, ?, ?, ?) "
+            f"RETURNING {_CATEGORY_COLUMNS}",
+            (name, description, ts, ts),
+        )
+        return _category(row)
+
+    async def update_category(self, id: int, *, name: str | None = None, description: str | None = None) -> Category:
+        changes = {k: v for k, v in (("name", name), ("description", description)) if v is not None}
+        changes["updated_at"] = _ts(now())
+        assignments = ", ".join(f"{column} = ?" for column in changes)  # column names are ours, not input
+        row, _ = await self._write(
+            f"UPDATE categories SET {assignments} WHERE id = ? RETURNING {_CATEGORY_COLUMNS}",
+            (*changes.values(), id),
+        )
+        if row is None:
+            raise NotFound(f"category {id}")
+        return _category(row)
+
+    async def delete_category(self, id: int) -> bool:
+        _, count = await self._write("DELETE FROM categories WHERE id = ?", (id,))
+        return count == 1
+
+    async def follow(self, follower_id: int, following_id: int) -> bool:
+        if follower_id == following_id:
+            raise ValueError("a user cannot follow themselves")
+        # SQLite has no INSERT inside WITH: two statements in one write transaction instead.
+        # BEGIN IMMEDIATE holds the write lock throughout, so no other connection (or process)
+        # can slip a follow of the same pair between the INSERT and the count.
+        try:
+            async with self._transaction() as db:
+                async with db.execute(
+                    "INSERT INTO follows (follower_id, following_id, created_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (follower_id, following_id) DO NOTHING",
+                    (follower_id, following_id, _ts(now())),
+                ) as cur:
+                    inserted = cur.rowcount == 1
+                if inserted:
+                    await db.execute(
+                        "UPDATE users SET followers_count = followers_count + 1 WHERE id = ?", (following_id,)
+                    )
+        except sqlite3.IntegrityError as exc:
+            raise _integrity_error(exc) from exc
+        return inserted
+
+    async def unfollow(self, follower_id: int, following_id: int) -> bool:
+        async with self._transaction() as db:
+            async with db.execute(
+                "DELETE FROM follows WHERE follower_id = ? AND following_id = ?", (follower_id, following_id)
+            ) as cur:
+                deleted = cur.rowcount == 1
+            if deleted:
+                await db.execute(
+                    "UPDATE users SET followers_count = followers_count - 1 WHERE id = ?", (following_id,)
+                )
+        return deleted
+
+    async def is_following(self, follower_id: int, following_id: int) -> bool:
+        return await self._fetchone(
+            "SELECT 1 FROM follows WHERE follower_id = ? AND following_id = ?", (follower_id, following_id)
+        ) is not None
+
+    async def _follow_page(self, match: str, show: str, user_id: int, limit: int, offset: int):
+        # Rows whose `match` column is user_id, as the users their `show` column names.
+        async with self._lock:
+            async with self._db.execute(
+                f"SELECT {_USER_COLUMNS_U}, f.created_at FROM follows f JOIN users u ON u.id = f.{show} "
+                f"WHERE f.{match} = ? ORDER BY f.created_at DESC, f.id DESC LIMIT ? OFFSET ?",
+                (user_id, limit, offset),
+            ) as cur:
+                return [(_user(row), _dt(row[-1])) for row in await cur.fetchall()]
+
+    async def list_followers(self, user_id: int, *, limit: int, offset: int) -> list[tuple[User, datetime]]:
+        return await self._follow_page("following_id", "follower_id", user_id, limit, offset)
+
+    async def list_following(self, user_id: int, *, limit: int, offset: int) -> list[tuple[User, datetime]]:
+        return await self._follow_page("follower_id", "following_id", user_id, limit, offset)
+
+    async def count_followers(self, user_id: int) -> int:
+        return (await self._fetchone("SELECT count(*) FROM follows WHERE following_id = ?", (user_id,)))[0]
+
+    async def count_following(self, user_id: int) -> int:
+        return (await self._fetchone("SELECT count(*) FROM follows WHERE follower_id = ?", (user_id,)))[0]
+
+    async def set_admin(self, user_id: int, is_admin: bool) -> User:
+        row, _ = await self._write(
+            f"UPDATE users SET is_admin = ?, updated_at = ? WHERE id = ? RETURNING {_USER_COLUMNS}",
+            (int(is_admin), _ts(now()), user_id),
+        )
+        if row is None:
+            raise NotFound(f"user {user_id}")
+        return _user(row)

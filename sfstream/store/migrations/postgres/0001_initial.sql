@@ -49,8 +49,6 @@ CREATE TABLE streams (
     title                 TEXT        NOT NULL DEFAULT '',
     description           TEXT        NOT NULL DEFAULT '',
     thumbnail             TEXT,
-    stream_key_ciphertext BYTEA,
-    stream_key_hmac       TEXT        CONSTRAINT streams_stream_key_hmac_key UNIQUE,
     category_id           BIGINT      REFERENCES categories (id) ON DELETE SET NULL,
     is_live               BOOLEAN     NOT NULL DEFAULT FALSE,
     viewers_count         INTEGER     NOT NULL DEFAULT 0 CHECK (viewers_count >= 0),

@@ -48,8 +48,6 @@ CREATE TABLE streams (
     title                 TEXT    NOT NULL DEFAULT '',
     description           TEXT    NOT NULL DEFAULT '',
     thumbnail             TEXT,
-    stream_key_ciphertext BLOB,
-    stream_key_hmac       TEXT    UNIQUE,
     category_id           INTEGER REFERENCES categories (id) ON DELETE SET NULL,
     is_live               INTEGER NOT NULL DEFAULT 0 CHECK (is_live IN (0, 1)),
     viewers_count         INTEGER NOT NULL DEFAULT 0 CHECK (viewers_count >= 0),

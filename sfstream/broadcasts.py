@@ -1,0 +1,260 @@
+"""Where ingest meets the platform: who may publish, the broadcast records, who is watching.
+
+- `authorize(key)`: the RTMP publish authoriser. Static `--stream-key` keys first, then
+  registered users' keys, found by their HMAC (the key itself is never stored or logged).
+  A user's stream goes live under their username.
+- A publish starts a broadcast (a `streams` row: the prepared one, or a new one from the
+  channel's defaults); when its HLS output ends for good (unpublish, kick, or a dropped
+  publisher that did not return within the grace period) the row is ended with its summary.
+  A publisher that reconnects within the grace period continues the same broadcast.
+- Viewers: every HLS player gets a session id in its media playlist URLs and every viewer
+  websocket is a member too; a member counts while it was seen within `viewer_timeout`.
+  Presence lives in the bus (in process, or Redis so that instances add up).
+- Every `stats_interval` the viewer count of each live broadcast is sampled into the database.
+- Private broadcasts: HLS needs a playback token for that broadcast.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from aiohttp import web
+
+from .bus import Bus
+from .config import Settings
+from .hls.routes import SESSION_RE
+from .media.live import LiveStream
+from .statistics import summarize
+from .store import Store
+from .streamkeys import InvalidPlaybackToken, PlaybackTokens, StreamKeys
+
+log = logging.getLogger("sfstream.broadcasts")
+
+# How long an HLS request for a private stream may wait for its broadcast record.
+START_WAIT = 5.0
+# Local memory of recent presence touches is bounded: past this, touches are not throttled.
+MAX_THROTTLE_ENTRIES = 200_000
+
+
+def viewer_group(name: str) -> str:
+    return f"viewers:{name}"
+
+
+@dataclass(eq=False)
+class Broadcast:
+    name: str
+    user_id: int | None  # None: a static --stream-key stream (no database record)
+    key_hmac: str | None = None  # of the key it was published with
+    stream_id: int | None = None
+    private: bool = False
+    ended: bool = False
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # the record is known (or failed)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # the end is recorded
+
+
+class Broadcasts:
+    def __init__(self, settings: Settings, secret: str, disconnect: Callable[[str, str], int]) -> None:
+        """`disconnect(name, reason)` ends stream `name` for good: closes its publisher (or ends
+        the playlists of one in its reconnect grace period); returns how many it closed."""
+        self.settings = settings
+        self.rtmp_port = 0  # where publishers connect (set once the listener is up)
+        self.keys = StreamKeys(secret)
+        self.playback = PlaybackTokens(secret, settings.playback_token_ttl)
+        self._disconnect = disconnect
+        self.store: Store | None = None
+        self.bus: Bus | None = None
+        self.by_name: dict[str, Broadcast] = {}
+        # username -> (user id, key HMAC), learnt when a key is accepted
+        self._owners: dict[str, tuple[int, str]] = {}
+        self._static_names = set(settings.stream_keys.values())
+        self._lifecycle = asyncio.Lock()  # start/end records one at a time: an end never overtakes a start
+        self._touched: dict[tuple[str, str], float] = {}
+        self._tasks: set[asyncio.Task] = set()
+        # Called with a Broadcast when it ends (the viewer websockets say goodbye).
+        self.on_end: list[Callable[[Broadcast], None]] = []
+
+    def bind(self, store: Store, bus: Bus) -> None:
+        self.store, self.bus = store, bus
+
+    # ------------------------------------------------------------- publishing
+
+    async def authorize(self, key: str) -> str | None:
+        name = self.settings.stream_keys.get(key)
+        if name is not None:
+            return name
+        if self.store is None or not key:
+            return None
+        channel = await self.store.get_channel_by_key_hmac(self.keys.lookup_hash(key))
+        if channel is None:
+            return None
+        user = await self.store.get_user(channel.user_id)
+        if user is None:
+            return None
+        self._owners[user.username] = (user.id, channel.stream_key_hmac)
+        return user.username
+
+    def on_publish(self, live: LiveStream) -> None:
+        """Registry hook: a publish was accepted (before any media)."""
+        b = self.by_name.get(live.name)
+        if b is not None and not b.ended:
+            return  # the publisher came back within the grace period: the same broadcast
+        owner = None if live.name in self._static_names else self._owners.get(live.name)
+        b = Broadcast(live.name, *owner) if owner else Broadcast(live.name, None)
+        self.by_name[live.name] = b
+        self._spawn(self._start(b))
+
+    def on_hls_finished(self, name: str) -> None:
+        """HLS hook: the stream's playlists ended for good."""
+        b = self.by_name.get(name)
+        if b is not None and not b.ended:
+            b.ended = True
+            self._spawn(self._end(b))
+
+    def disconnect(self, name: str, reason: str) -> int:
+        """Close this process's publisher of `name` (ends its broadcast); how many were closed."""
+        return self._disconnect(name, reason)
+
+    async def end_broadcast(self, stream_id: int, reason: str) -> None:
+        """End live stream `stream_id` now and wait until its end is recorded."""
+        b = self.live_broadcast(stream_id)
+        if b is not None:
+            self.disconnect(b.name, reason)  # -> HLS ends -> on_hls_finished -> _end
+            if b.ended:
+                await b.finished.wait()
+                return
+        # Not published through this process (another instance, or a record left live by a
+        # crash): end the record itself.
+        stream = await self.store.get_stream(stream_id)
+        if stream is not None and stream.is_live and stream.started_at is not None:
+            now = datetime.now(timezone.utc)
+            summary = summarize(await self.store.stream_samples(stream_id), stream.started_at, now)
+            group = viewer_group(stream.username)
+            await self.store.end_stream(stream_id, now, unique_viewers=await self.bus.distinct(group),
+                                        watch_seconds=summary.watch_seconds)
+
+    async def _start(self, b: Broadcast) -> None:
+        async with self._lifecycle:
+            try:
+                await self.bus.forget(viewer_group(b.name))
+                if b.user_id is not None:
+                    stream = await self.store.start_stream(b.user_id, datetime.now(timezone.utc))
+                    b.stream_id, b.private = stream.id, stream.is_private
+                    log.info("broadcast %d of %r started", stream.id, b.name)
+            except Exception:
+                log.exception("stream %r: could not record the broadcast start", b.name)
+            finally:
+                b.started.set()
+
+    async def _end(self, b: Broadcast) -> None:
+        async with self._lifecycle:
+            await b.started.wait()
+            group = viewer_group(b.name)
+            try:
+                if b.stream_id is not None:
+                    now = datetime.now(timezone.utc)
+                    stream = await self.store.get_stream(b.stream_id)
+                    if stream is not None and stream.started_at is not None:
+                        summary = summarize(await self.store.stream_samples(b.stream_id), stream.started_at, now)
+                        await self.store.end_stream(b.stream_id, now, unique_viewers=await self.bus.distinct(group),
+                                                    watch_seconds=summary.watch_seconds)
+                        log.info("broadcast %d of %r ended", b.stream_id, b.name)
+                await self.bus.forget(group)
+            except Exception:
+                log.exception("stream %r: could not record the broadcast end", b.name)
+            b.finished.set()
+            for callback in self.on_end:
+                callback(b)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for pending start/end records (shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------- watching
+
+    def live_broadcast(self, stream_id: int) -> Broadcast | None:
+        for b in self.by_name.values():
+            if b.stream_id == stream_id and not b.ended:
+                return b
+        return None
+
+    async def can_watch(self, name: str, token: str | None) -> bool:
+        """May this HLS request be served? Public streams: yes. Private ones: with a valid
+        playback token for this broadcast."""
+        b = self.by_name.get(name)
+        if b is None or b.user_id is None:
+            return True
+        if not b.started.is_set():
+            try:
+                await asyncio.wait_for(b.started.wait(), START_WAIT)
+            except asyncio.TimeoutError:
+                return False
+        if not b.private:
+            return True
+        if not token:
+            return False
+        try:
+            grant = self.playback.verify(token)
+        except InvalidPlaybackToken:
+            return False
+        return grant.stream_id == b.stream_id
+
+    async def hls_seen(self, name: str, session: str | None) -> None:
+        """A media playlist request of viewer session `session`: it is watching."""
+        if not session or not SESSION_RE.fullmatch(session) or name not in self.by_name:
+            return
+        now = time.monotonic()
+        key = (name, session)
+        ttl = self.settings.viewer_timeout
+        # LL-HLS players ask for a playlist several times a second: tell the bus a few times
+        # per timeout, not on every request.
+        if now - self._touched.get(key, -ttl) < ttl / 4:
+            return
+        if len(self._touched) < MAX_THROTTLE_ENTRIES or key in self._touched:
+            self._touched[key] = now
+        await self.bus.touch(viewer_group(name), (session,), ttl)
+
+    async def viewers(self, name: str) -> int:
+        return await self.bus.present(viewer_group(name))
+
+    # ------------------------------------------------------------- statistics
+
+    async def sample_once(self) -> None:
+        now = datetime.now(timezone.utc)
+        for b in list(self.by_name.values()):
+            if b.stream_id is None or b.ended:
+                continue
+            try:
+                await self.store.record_viewers(b.stream_id, now, await self.viewers(b.name))
+                await self._check_still_allowed(b)
+            except Exception:
+                log.exception("stream %r: could not record its viewer count", b.name)
+
+    async def _check_still_allowed(self, b: Broadcast) -> None:
+        # A DELETE or key reset handled by another instance reaches this one's publisher here.
+        stream = await self.store.get_stream(b.stream_id)
+        channel = await self.store.get_channel(b.user_id)
+        if stream is None or not stream.is_live:
+            self.disconnect(b.name, "stream ended elsewhere")
+        elif channel is None or channel.stream_key_hmac != b.key_hmac:
+            self.disconnect(b.name, "stream key reset")
+        # forget throttle entries old enough that the next request must touch the bus anyway
+        horizon = time.monotonic() - self.settings.viewer_timeout
+        self._touched = {k: t for k, t in self._touched.items() if t > horizon}
+
+    async def run_sampler(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats_interval)
+            await self.sample_once()
+
+
+BROADCASTS = web.AppKey("broadcasts", Broadcasts)
