@@ -76,6 +76,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -119,10 +120,12 @@ def mask_frame(opcode_byte: int, payload: bytes) -> bytes:
     return bytes((opcode_byte, 0x80 | len(payload))) + key + masked
 
 
-def handshake(port: int, stream_id: int) -> bytes:
+def handshake(port: int, stream_id: int, deflate: bool = False) -> bytes:
+    # deflate: offer permessage-deflate as Chrome and Firefox do (RFC 7692)
+    ext = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if deflate else ""
     return (f"GET /ws/streams/{stream_id}/viewers HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
+            f"Sec-WebSocket-Version: 13\r\n{ext}\r\n").encode()
 
 
 # =========================================================================== load process (`_load`)
@@ -132,7 +135,7 @@ class Client(asyncio.Protocol):
     """One viewer websocket: handshake, then unmasked server frames (text, ping, close)."""
 
     __slots__ = ("ctx", "idx", "transport", "buf", "upgraded", "t_start", "t_open", "t_first", "count",
-                 "t_got", "alive", "fut", "close_code")
+                 "t_got", "alive", "fut", "close_code", "inflater")
 
     def __init__(self, ctx: "LoadContext", idx: int, t_start: float, fut: asyncio.Future) -> None:
         self.ctx = ctx
@@ -146,6 +149,7 @@ class Client(asyncio.Protocol):
         self.count = None
         self.alive = False
         self.close_code = None
+        self.inflater = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -176,6 +180,9 @@ class Client(asyncio.Protocol):
             if WS_ACCEPT not in head:
                 self._fail("bad Sec-WebSocket-Accept")
                 return
+            if b"permessage-deflate" in head.lower():
+                self.inflater = zlib.decompressobj(-15)
+                self.ctx.deflated += 1
             buf = buf[end + 4:]
             self.upgraded = True
             self.t_open = t
@@ -199,6 +206,8 @@ class Client(asyncio.Protocol):
             payload = buf[pos + hdr:pos + hdr + ln]
             pos += hdr + ln
             op = b0 & 0x0F
+            if b0 & 0x40 and self.inflater is not None:  # RSV1: a compressed message (context takeover)
+                payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
             if op == 1:
                 self._text(payload, t)
             elif op == 9:  # ping (aiohttp heartbeat): answer, or the server closes us
@@ -207,6 +216,7 @@ class Client(asyncio.Protocol):
             elif op == 8:
                 self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
                 self.ctx.server_closes[str(self.close_code)] += 1
+                self.ctx.close_t.append(t)
                 if not self.ctx.stopping:
                     self.transport.write(mask_frame(0x88, payload[:2]))
                 self.transport.close()
@@ -250,6 +260,7 @@ class Client(asyncio.Protocol):
                     ctx.all_got()
         elif kind == "ended":
             ctx.ended += 1
+            ctx.ended_t.append(t)
         else:
             ctx.bad_msgs += 1
 
@@ -257,14 +268,15 @@ class Client(asyncio.Protocol):
         self.alive = False
         if not self.fut.done():
             self.fut.set_exception(RuntimeError("closed before the first message"))
-        if self.upgraded and not self.ctx.stopping:
-            self.ctx.lost += 1
+        if self.upgraded and not self.ctx.stopping and self.close_code is None:
+            self.ctx.lost += 1  # gone without a close frame
 
 
 class LoadContext:
     def __init__(self, args) -> None:
         self.args = args
-        self.request = handshake(args.port, args.stream_id)
+        self.request = handshake(args.port, args.stream_id, args.deflate)
+        self.deflated = 0  # sockets on which the server accepted permessage-deflate
         self.clients: list[Client] = []
         self.errors: Counter = Counter()
         self.server_closes: Counter = Counter()
@@ -276,6 +288,8 @@ class LoadContext:
         self.pending = 0
         self.got_event: asyncio.Event | None = None
         self.lag: list[float] = []
+        self.ended_t: list[float] = []
+        self.close_t: list[float] = []
 
     def emit(self, obj: dict) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -338,7 +352,7 @@ class LoadContext:
         counts = Counter(c.count for c in open_)
         return {"event": "status", "open": len(open_), "counts": {str(k): v for k, v in counts.items()},
                 "last_msg_t": self.last_msg_t, "msgs": self.msgs, "pings": self.pings, "lost": self.lost,
-                "ended": self.ended, "bad_msgs": self.bad_msgs, "server_closes": dict(self.server_closes),
+                "ended": self.ended, "bad_msgs": self.bad_msgs, "deflated": self.deflated, "server_closes": dict(self.server_closes),
                 "errors": dict(self.errors), "now": time.monotonic()}
 
     async def expect_count(self, value: int, timeout: float) -> None:
@@ -404,6 +418,9 @@ def load_main(args) -> int:
                     ctx.emit(ctx.status())
                 elif cmd == "expect":
                     aux.append(loop.create_task(ctx.expect_count(int(rest[0]), float(rest[1]))))
+                elif cmd == "endstats":
+                    ctx.emit({"event": "endstats", "ended_t": ctx.ended_t, "close_t": ctx.close_t,
+                              "open": len(ctx.open_clients()), "lost": ctx.lost})
                 elif cmd == "dump":
                     ctx.dump(rest[0])
                     ctx.emit({"event": "dumped"})
@@ -878,6 +895,8 @@ def run_step(procs: common.Procs, args, N: int, profile_tag: str | None = None) 
             cmd = [sys.executable, str(Path(__file__).resolve()), "_load", "--port", str(stack.server.http_port),
                    "--stream-id", str(stack.stream_id), "--count", str(count),
                    "--concurrency", str(max(1, args.concurrency // n_procs)), "--timeout", str(args.connect_timeout)]
+            if args.deflate:
+                cmd.append("--deflate")
             loads.append(LoadProc(procs, i, pinned(cmd, args.load_cpus), stack.run_dir / f"load-{i}.log"))
         for lp in loads:
             lp.wait("ready", 30)
@@ -1014,9 +1033,17 @@ def run_step(procs: common.Procs, args, N: int, profile_tag: str | None = None) 
               f"{common.fmt(rf['max_ms'], '.0f')} ms; spread {common.fmt(rf['spread_ms'], '.0f')} ms; server CPU "
               f"{common.fmt(rf['server_cpu_ms'], '.0f')} ms ({common.fmt(rf['server_cpu_us_per_socket'], '.1f')} us/socket); "
               f"missing {rf['missing_total']}", flush=True)
-        # ---- end
+        # ---- end of the stream: every socket gets {"type": "ended"}, then the server closes it
+        if args.end_test:
+            result["end"] = end_of_stream(procs, stack, loads, n_open)
+            re_ = result["end"]
+            print(f"  stream ended (publisher stopped): 'ended' at {re_['ended']}/{n_open} sockets, p50/p95/max "
+                  f"{common.fmt(re_['ended_ms']['p50'], '.0f')}/{common.fmt(re_['ended_ms']['p95'], '.0f')}/"
+                  f"{common.fmt(re_['ended_ms']['max'], '.0f')} ms after the publisher's exit; closed by the server "
+                  f"{re_['closed']}, last close {common.fmt(re_['close_ms']['max'], '.0f')} ms", flush=True)
         st_end = statuses(loads)
         result["client"] = {"lost": sum(s["lost"] for s in st_end), "ended": sum(s["ended"] for s in st_end),
+                            "deflate_negotiated": sum(s["deflated"] for s in st_end),
                             "bad_msgs": sum(s["bad_msgs"] for s in st_end),
                             "server_closes": sum((Counter(s["server_closes"]) for s in st_end), Counter())}
         lags = []
@@ -1133,6 +1160,30 @@ def run_triggers(args, loads: list[LoadProc], meter: ServerMeter, trig: Trigger,
     return out
 
 
+def end_of_stream(procs: common.Procs, stack: Stack, loads: list[LoadProc], n_open: int,
+                  timeout: float = 60.0) -> dict:
+    """Stop the publisher (SIGTERM: ffmpeg closes its RTMP stream properly) and time the 'ended' messages
+    and the server's closes from the moment ffmpeg has exited."""
+    t_sig = time.monotonic()
+    procs.stop(stack.publisher)
+    t_exit = time.monotonic()
+    deadline = t_exit + timeout
+    while True:
+        for lp in loads:
+            lp.send("endstats")
+        st = [lp.wait("endstats", 30) for lp in loads]
+        ended = [t for s in st for t in s["ended_t"]]
+        closed = [t for s in st for t in s["close_t"]]
+        if (len(ended) >= n_open and len(closed) >= n_open) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return {"publisher_stop_s": round(t_exit - t_sig, 3), "ended": len(ended), "closed": len(closed),
+            "ended_ms": stats_ms([t - t_exit for t in ended]), "close_ms": stats_ms([t - t_exit for t in closed]),
+            "ended_spread_ms": (max(ended) - min(ended)) * 1000 if ended else None,
+            "close_spread_ms": (max(closed) - min(closed)) * 1000 if closed else None,
+            "timed_out": len(ended) < n_open or len(closed) < n_open}
+
+
 def summarise_fanouts(fanouts: list[dict], n_open: int) -> dict:
     def med(key, sub=None):
         vals = [(f[key][sub] if sub else f[key]) for f in fanouts]
@@ -1146,6 +1197,8 @@ def summarise_fanouts(fanouts: list[dict], n_open: int) -> dict:
             "server_cpu_ms": cpu, "server_cpu_us_per_socket": (1000 * cpu / n_open) if cpu is not None and n_open else None,
             "sockets_per_s": (n_open / (spread / 1000)) if spread else None,
             "load_cpu_ms": med("load_cpu_ms"),
+            # server CPU of the fan-out / its spread: ~100 = one core busy sending for the whole spread
+            "core_pct_during_spread": (100 * cpu / spread) if cpu is not None and spread else None,
             "missing_total": sum(f["missing"] for f in fanouts),
             "max_of_max_ms": max((f["latency_ms"]["max"] for f in fanouts if f["latency_ms"]["max"] is not None),
                                  default=None)}
@@ -1225,7 +1278,8 @@ def summarise_profile(raw: Path, top: int = 25) -> dict:
 def main_table(steps: list[dict], markdown: bool = False) -> str:
     headers = ["N", "opened", "errors", "connect/s", "1st msg p50/p95 ms", "CPU ms/connect", "RSS MiB before→after",
                "RSS KiB/socket", "PSS KiB/socket", "idle CPU % (stream alone)", "fan-out p50/p95/max ms",
-               "first ms", "spread ms", "fan-out CPU ms", "µs/socket", "missing", "others %"]
+               "first ms", "spread ms", "fan-out CPU ms", "µs/socket", "full GC ms", "end: ended / closed ms",
+               "missing", "others %"]
     rows = []
     for s in steps:
         c, m, i, f = s["connect"], s["memory"], s["idle"], s["fanout"]
@@ -1241,9 +1295,26 @@ def main_table(steps: list[dict], markdown: bool = False) -> str:
             f"{common.fmt(f['p50_ms'], '.0f')} / {common.fmt(f['p95_ms'], '.0f')} / {common.fmt(f['max_ms'], '.0f')}",
             common.fmt(f["first_ms"], ".0f"), common.fmt(f["spread_ms"], ".0f"),
             common.fmt(f["server_cpu_ms"], ".0f"), common.fmt(f["server_cpu_us_per_socket"], ".1f"),
+            gc_cell(s), end_cell(s),
             f"{f['missing_total']}", f"{others:.0f}",
         ])
     return common.render_table(headers, rows, markdown)
+
+
+def gc_cell(s: dict) -> str:
+    g = s.get("gc")
+    if not g:
+        return "-"
+    idle = g["idle_gen2_ms"]
+    return f"{len(idle)}× idle, max {max(idle):.0f}" if idle else "0 idle"
+
+
+def end_cell(s: dict) -> str:
+    e = s.get("end")
+    if not e:
+        return "-"
+    return (f"{common.fmt(e['ended_ms']['max'], '.0f')} / {common.fmt(e['close_ms']['max'], '.0f')}"
+            + (" (timed out)" if e["timed_out"] else ""))
 
 
 def profile_table(summary: dict, n: int = 15, markdown: bool = False) -> str:
@@ -1299,7 +1370,8 @@ def orchestrate(args) -> int:
     md = args.markdown
     print()
     print(f"websocket viewers of one stream ({result['machine']['cpus']} CPUs; server on CPU {args.server_cpus or 'any'}, "
-          f"load on CPU {args.load_cpus or 'any'}; trigger {args.trigger}, {args.triggers} fan-outs per N, medians):")
+          f"load on CPU {args.load_cpus or 'any'}; trigger {args.trigger}, {args.triggers} fan-outs per N, medians; "
+          f"clients {'offer permessage-deflate' if args.deflate else 'without compression'}):")
     if result["steps"]:
         print(main_table(result["steps"], md))
     p = result["profile"]
@@ -1327,6 +1399,7 @@ def main() -> int:
         p.add_argument("--count", type=int, required=True)
         p.add_argument("--concurrency", type=int, default=100)
         p.add_argument("--timeout", type=float, default=30.0)
+        p.add_argument("--deflate", action="store_true")
         return load_main(p.parse_args())
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1354,6 +1427,10 @@ def main() -> int:
     p.add_argument("--quiet-pct", type=float, default=25.0,
                    help="before each step, wait while other processes use more CPU than this (%% of one core)")
     p.add_argument("--quiet-wait", type=float, default=60.0, help="... for at most this many seconds")
+    p.add_argument("--deflate", action="store_true",
+                   help="clients offer permessage-deflate like browsers (Chrome, Firefox); default: plain frames")
+    p.add_argument("--no-end-test", dest="end_test", action="store_false",
+                   help="skip the end of the stream (publisher stopped: 'ended' to every socket, then closed)")
     p.add_argument("--gc-log", action="store_true",
                    help="probe: log the server's gen-1/2 garbage collections (a sitecustomize on its PYTHONPATH; "
                         "no change to sfstream) and report those that overlap each phase and fan-out")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import secrets
 from fractions import Fraction
 
@@ -11,11 +10,10 @@ import av
 import pytest
 
 from sfstream.api.security import TokenService, dummy_hash
-from sfstream.app import Server
 from sfstream.config import ConfigError, Settings
 from sfstream.secret_key import load_secret_key
 
-from .apiclient import API, REDIS_URL, api, api_factory  # noqa: F401  (fixtures)
+from .apiclient import API, api, api_factory  # noqa: F401  (fixtures)
 
 
 # ---------------------------------------------------------------- register / login

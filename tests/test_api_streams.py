@@ -109,8 +109,9 @@ async def play_once(http: aiohttp.ClientSession, url: str) -> str:
     return media_url
 
 
-async def test_full_flow_key_publish_list_viewers_delete_statistics(api_factory, tmp_path):
-    api = await api_factory(**FAST)
+@pytest.mark.parametrize("bus", ["memory", "redis"])
+async def test_full_flow_key_publish_list_viewers_delete_statistics(api_factory, tmp_path, bus):
+    api = await api_factory(bus, **FAST)
     token, user = await login(api, "alice")
     key, rtmp_url = await stream_key(api, token)
     assert key.startswith("live_") and len(key) >= 32

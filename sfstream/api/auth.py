@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
-from aiohttp_apigami import docs, request_schema, response_schema
+from aiohttp_apigami import docs, request_schema
 
 from ..store import Conflict, User
 from .context import API_SETTINGS, BUS, STORE, TOKENS, authenticate, check_limit, client_ip, count_attempt, is_secure, load_json

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 
-from .models import Category, RefreshToken, User
+from .models import Category, Channel, RefreshToken, Stream, StreamTotals, User
 
 
 class StoreError(Exception):

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from .base import Conflict, NotFound, Store, StoreError, load_migrations, utc
+from .base import NotFound, Store, load_migrations, utc
 from .models import Category, RefreshToken, User
 from .postgres_common import _count, _integrity_error
 from .postgres_streams import PostgresStreams

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import aiosqlite
 
-from .base import Conflict, NotFound, Store, StoreError, load_migrations, now, utc
+from .base import NotFound, Store, StoreError, load_migrations, now
 from .models import Category, RefreshToken, User
 from .sqlite_common import _dt, _integrity_error, _ts
 from .sqlite_streams import SQLiteStreams
