@@ -812,6 +812,21 @@ class Stack:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+def first_tracebacks(path: Path, limit: int = 3, lines: int = 30) -> list[str]:
+    """The first tracebacks in the server's stderr, whole (log_problems keeps only the matching lines)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for i, line in enumerate(text):
+        if line.startswith("Traceback"):
+            out.append("\n".join(text[max(0, i - 1):i + lines]))
+            if len(out) >= limit:
+                break
+    return out
+
+
 def sample_for(seconds: float, meter: ServerMeter, alive) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -1039,7 +1054,7 @@ def run_step(procs: common.Procs, args, N: int, profile_tag: str | None = None) 
             re_ = result["end"]
             print(f"  stream ended (publisher stopped): 'ended' at {re_['ended']}/{n_open} sockets, p50/p95/max "
                   f"{common.fmt(re_['ended_ms']['p50'], '.0f')}/{common.fmt(re_['ended_ms']['p95'], '.0f')}/"
-                  f"{common.fmt(re_['ended_ms']['max'], '.0f')} ms after the publisher's exit; closed by the server "
+                  f"{common.fmt(re_['ended_ms']['max'], '.0f')} ms after SIGTERM to the publisher; closed by the server "
                   f"{re_['closed']}, last close {common.fmt(re_['close_ms']['max'], '.0f')} ms", flush=True)
         st_end = statuses(loads)
         result["client"] = {"lost": sum(s["lost"] for s in st_end), "ended": sum(s["ended"] for s in st_end),
@@ -1071,6 +1086,7 @@ def run_step(procs: common.Procs, args, N: int, profile_tag: str | None = None) 
         problems, first = stack.server.log_problems(until=sizes)
         result["server_log_problems"] = problems
         result["server_log_first"] = first
+        result["server_tracebacks"] = first_tracebacks(stack.server.log_files[0])
         return result
     finally:
         if trig is not None:
@@ -1163,7 +1179,7 @@ def run_triggers(args, loads: list[LoadProc], meter: ServerMeter, trig: Trigger,
 def end_of_stream(procs: common.Procs, stack: Stack, loads: list[LoadProc], n_open: int,
                   timeout: float = 60.0) -> dict:
     """Stop the publisher (SIGTERM: ffmpeg closes its RTMP stream properly) and time the 'ended' messages
-    and the server's closes from the moment ffmpeg has exited."""
+    and the server's closes from that signal (ffmpeg's own exit can come after the server saw the end)."""
     t_sig = time.monotonic()
     procs.stop(stack.publisher)
     t_exit = time.monotonic()
@@ -1178,7 +1194,7 @@ def end_of_stream(procs: common.Procs, stack: Stack, loads: list[LoadProc], n_op
             break
         time.sleep(0.5)
     return {"publisher_stop_s": round(t_exit - t_sig, 3), "ended": len(ended), "closed": len(closed),
-            "ended_ms": stats_ms([t - t_exit for t in ended]), "close_ms": stats_ms([t - t_exit for t in closed]),
+            "ended_ms": stats_ms([t - t_sig for t in ended]), "close_ms": stats_ms([t - t_sig for t in closed]),
             "ended_spread_ms": (max(ended) - min(ended)) * 1000 if ended else None,
             "close_spread_ms": (max(closed) - min(closed)) * 1000 if closed else None,
             "timed_out": len(ended) < n_open or len(closed) < n_open}

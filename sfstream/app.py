@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -20,11 +21,15 @@ from .broadcasts import BROADCASTS, Broadcasts
 from .config import Settings, with_default_stream_key
 from .hls.live import HLSOutput, HLSSettings
 from .hls.routes import HLS_AUDIENCE, HLS_OUTPUT, add_routes as add_hls_routes
-from .media.live import StreamRegistry
+from .media.live import LiveStream, StreamRegistry
 from .rtmp.server import RTMPLimits, RTMPServer
 from .secret_key import load_secret_key
+from .transcode.ladder import parse_ladder
+from .transcode.pipeline import TranscodeSettings, Transcoder
 
 log = logging.getLogger("sfstream")
+
+THUMBNAIL_DIR = "thumbnails"  # under the data dir
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", StreamRegistry)
@@ -69,7 +74,23 @@ def create_app(settings: Settings) -> web.Application:
     broadcasts = Broadcasts(settings, load_secret_key(settings), end_publishing)
     app[BROADCASTS] = broadcasts
     app[HLS_AUDIENCE] = broadcasts
-    registry.on_publish.append(hls.attach)
+    transcode = TranscodeSettings(
+        ladder=parse_ladder(settings.ladder),
+        preset=settings.transcode_preset,
+        threads=settings.transcode_threads,
+        max_lag=settings.transcode_max_lag,
+        thumbnail_interval=settings.thumbnail_interval,
+        thumbnail_dir=Path(settings.data_dir) / THUMBNAIL_DIR,
+    )
+
+    def package(live: LiveStream) -> None:
+        stream = hls.attach(live)
+        if transcode.ladder or transcode.thumbnail_interval > 0:
+            # After the packager among the consumers: the source is never held up by the ladder.
+            live.consumers.append(Transcoder(live.name, transcode, stream, asyncio.get_running_loop(),
+                                             on_thumbnail=broadcasts.on_thumbnail))
+
+    registry.on_publish.append(package)
     registry.on_publish.append(broadcasts.on_publish)
     hls.on_finish.append(broadcasts.on_hls_finished)
 
@@ -93,6 +114,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_broadcasts)
     app.cleanup_ctx.append(_rtmp_listener)
     app.cleanup_ctx.append(_hls_expiry)
+    app.router.add_get("/thumbnails/{name:[A-Za-z0-9_.\\-]{1,64}}.jpg", thumbnail)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
@@ -123,6 +145,23 @@ async def _hls_expiry(app: web.Application):
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def thumbnail(request: web.Request) -> web.StreamResponse:
+    """The latest thumbnail of a stream (private ones: with a playback token)."""
+    name = request.match_info["name"]
+    if not await request.app[BROADCASTS].can_watch(name, request.query.get("token")):
+        return web.json_response({"error": {"code": "forbidden", "message": "private stream", "fields": {}}},
+                                 status=403)
+    path = Path(request.app[SETTINGS].data_dir) / THUMBNAIL_DIR / f"{name}.jpg"
+    if not path.is_file():
+        return web.json_response({"error": {"code": "not_found", "message": "no thumbnail", "fields": {}}},
+                                 status=404)
+    resp = web.FileResponse(path, headers={
+        "Content-Type": "image/jpeg", "Cache-Control": "public, max-age=5",
+        "X-Content-Type-Options": "nosniff", "Access-Control-Allow-Origin": "*",
+    })
+    return resp
 
 
 async def healthz(request: web.Request) -> web.Response:

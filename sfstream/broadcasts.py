@@ -54,6 +54,7 @@ class Broadcast:
     ended: bool = False
     started: asyncio.Event = field(default_factory=asyncio.Event)  # the record is known (or failed)
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # the end is recorded
+    thumbnail_recorded: bool = False
 
 
 class Broadcasts:
@@ -113,6 +114,20 @@ class Broadcasts:
         if b is not None and not b.ended:
             b.ended = True
             self._spawn(self._end(b))
+
+    def on_thumbnail(self, name: str, path) -> None:
+        """Transcoder hook: a thumbnail of `name` was written (its URL never changes)."""
+        b = self.by_name.get(name)
+        if b is not None and not b.thumbnail_recorded and b.stream_id is not None and not b.ended:
+            b.thumbnail_recorded = True
+            self._spawn(self._record_thumbnail(b))
+
+    async def _record_thumbnail(self, b: Broadcast) -> None:
+        try:
+            await self.store.update_stream(b.stream_id, {"thumbnail": f"/thumbnails/{b.name}.jpg"})
+        except Exception:
+            b.thumbnail_recorded = False
+            log.exception("stream %r: could not record its thumbnail", b.name)
 
     def disconnect(self, name: str, reason: str) -> int:
         """Close this process's publisher of `name` (ends its broadcast); how many were closed."""

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .transcode.ladder import parse_ladder
+
 ENV_PREFIX = "SFSTREAM_"
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 KEY_RE = re.compile(r"[A-Za-z0-9_.\-~]{8,256}")
 
 
@@ -129,6 +132,19 @@ class Settings:
         "Seconds a publisher that dropped (not one that stopped) may reconnect with the same key and "
         "continue the same playlists after a discontinuity; then the playlist ends. 0 ends at once.",
     )
+    ladder: str = _setting(
+        "1080p,720p,480p",
+        "Transcoding ladder: rungs encoded below the source (which is always offered untouched), e.g. "
+        "720p,480p or 720p@2500k,360p; rungs as tall as the source or taller are skipped. none: source only.",
+    )
+    transcode_preset: str = _setting("veryfast", "libx264 preset of the ladder (ultrafast ... medium).")
+    transcode_threads: int = _setting(0, "Threads per rung encoder (0: x264 chooses).")
+    transcode_max_lag: float = _setting(
+        1.5, "Seconds a rung's frames may lag real time before the tallest rung is shed (restored when calm)."
+    )
+    thumbnail_interval: float = _setting(
+        10.0, "Seconds between live thumbnails (JPEG at /thumbnails/NAME.jpg); 0 turns them off."
+    )
     public_rtmp_url: str = _setting(
         "", "RTMP server URL given to streamers (e.g. rtmp://live.example.com/live); default from the "
         "request's host and rtmp_port."
@@ -184,6 +200,14 @@ class Settings:
             raise ConfigError("hls_part_duration: must not exceed hls_segment_duration")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level: must be one of debug, info, warning, error")
+        try:
+            parse_ladder(self.ladder)
+        except ValueError as exc:
+            raise ConfigError(f"ladder: {exc}") from None
+        if self.transcode_preset not in X264_PRESETS:
+            raise ConfigError(f"transcode_preset: one of {', '.join(X264_PRESETS)}")
+        if self.transcode_threads < 0 or self.thumbnail_interval < 0 or not self.transcode_max_lag > 0:
+            raise ConfigError("transcode_threads, thumbnail_interval: not negative; transcode_max_lag: > 0")
         if not NAME_RE.fullmatch(self.rtmp_app):
             raise ConfigError("rtmp_app: letters, digits, _ . - only")
 

@@ -52,6 +52,10 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         data_dir=tmp_path / "data",
         stream_keys=parse_stream_keys([f"{NAME}={KEY}", "other=otherkey-0123456789"]),
         hls_segment_duration=1.0,
+        # Source only unless a test is about the ladder: decoding and encoding every test
+        # stream would only slow the suite (tests/test_transcode.py turns it on).
+        ladder="none",
+        thumbnail_interval=0.0,
     )
     values.update(overrides)
     return Settings(**values)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,6 +21,11 @@ from . import playlist
 from .segmenter import InitSection, Segmenter
 
 log = logging.getLogger("sfstream.hls")
+
+# A rung's audio waits for the rung's video (see HLSStream._release_audio), at most this long.
+MAX_AUDIO_HOLD_MS = 2000
+# Seconds the rungs may take to end after the source did (the transcoder drains its queues).
+LADDER_DRAIN_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,10 @@ class Rendition:
         self._playlists: dict[bool, bytes] = {}  # rendered playlist by "is a delta update"
         self._inits: dict[int, InitSection] = {}
         self.reports: tuple[playlist.RenditionReport, ...] = ()  # of the other renditions
+        self.shed = False  # a ladder rung the transcoder stopped for lack of CPU
+        self.video: VideoConfig | None = None  # a rung's own encoder configuration
+        self.held_audio: deque[Packet] = deque()  # a rung's audio, waiting for its video
+        self.last_video_dts: int | None = None  # of a rung's encoded video so far
 
     def notify(self) -> None:
         self._playlists.clear()
@@ -117,24 +127,110 @@ class HLSStream:
         self.audio: AudioConfig | None = None
         self._loop = loop
         self._grace: asyncio.TimerHandle | None = None  # set while a dropped publisher may return
+        self._ladder_epoch = 0  # which transcoder's output the rungs take (see set_rungs)
+        self._ladder_draining = False  # the ladder still has frames to encode after the source ended
 
     # StreamConsumer
     def on_config(self, video: VideoConfig | None, audio: AudioConfig | None) -> None:
         self.video, self.audio = video, audio
-        fps = self.live.metadata.get("framerate") or self.live.metadata.get("fps")
         for r in self.renditions.values():
-            if isinstance(fps, (int, float)) and 1 <= fps <= 240:
-                r.segmenter.frame_rate_hint = float(fps)
-            r.segmenter.set_config(video, audio)
+            self._frame_rate_hint(r)
+            if r is self.source:
+                r.segmenter.set_config(video, audio)
+            elif r.video is not None:
+                r.segmenter.set_config(r.video, audio)
+            else:
+                continue  # a rung before its encoder's first output
             r.remember_init()
         self._changed()
 
     def on_packet(self, packet: Packet) -> None:
-        changed = False
-        for r in self.renditions.values():
-            changed |= r.segmenter.push(packet)
+        changed = self.source.segmenter.push(packet)
+        if not packet.is_video and len(self.renditions) > 1:
+            for r in self.renditions.values():
+                if r is not self.source and not r.shed and r.video is not None:
+                    r.held_audio.append(packet)
+                    changed |= self._release_audio(r)
         if changed:
             self._changed()
+
+    # LadderSink: the transcoder's renditions of this stream
+    @property
+    def source(self) -> Rendition:
+        return self.renditions["source"]
+
+    def set_rungs(self, names: list[str]) -> int:
+        """A transcoder starts (this publisher's); returns its epoch: what an earlier
+        transcoder (of a publisher that dropped and came back) still delivers is ignored."""
+        self._ladder_epoch += 1
+        self._ladder_draining = True
+        for name in names:
+            r = self.renditions.get(name)
+            if r is None:
+                seg = Segmenter(target_duration=self.settings.segment_duration,
+                                part_target=self.settings.part_duration, window=self.settings.window)
+                r = self.renditions[name] = Rendition(name, seg, self._loop)
+                self._frame_rate_hint(r)
+            else:  # a publisher that returned keeps its rungs, after a discontinuity
+                r.segmenter.interrupt()
+                r.held_audio.clear()
+                r.last_video_dts = None
+        return self._ladder_epoch
+
+    def ladder_done(self, epoch: int) -> None:
+        """The transcoder of `epoch` delivered its last packet."""
+        if epoch == self._ladder_epoch:
+            self._ladder_draining = False
+            if self.ended_at is not None:
+                self._finish_rungs()
+
+    def rung_config(self, name: str, video: VideoConfig, epoch: int) -> None:
+        r = self.renditions.get(name)
+        if r is None or epoch != self._ladder_epoch or r.segmenter.ended:
+            return
+        r.video = video
+        r.segmenter.set_config(video, self.audio)
+        r.remember_init()
+        self._changed()
+
+    def rung_packet(self, name: str, packet: Packet, epoch: int) -> None:
+        r = self.renditions.get(name)
+        if r is None or r.shed or epoch != self._ladder_epoch:
+            return
+        changed = r.segmenter.push(packet)
+        changed |= self._release_audio(r, packet.dts)
+        if changed:
+            self._changed()
+
+    def rung_shed(self, name: str, shed: bool) -> None:
+        r = self.renditions.get(name)
+        if r is None:
+            return
+        r.shed = shed
+        if shed:
+            # Close what it has; when it comes back it continues after a discontinuity.
+            r.segmenter.interrupt()
+            r.held_audio.clear()
+        self._changed()
+
+    def _release_audio(self, r: Rendition, video_dts: int | None = None, flush: bool = False) -> bool:
+        """Interleave a rung's audio with its video, which comes out of the encoder later
+        than the source's: audio goes into the segmenter once video has reached its time
+        (or once it has waited too long, so audio never stalls behind a stuck encoder)."""
+        if video_dts is not None:
+            r.last_video_dts = video_dts
+        last = r.last_video_dts
+        changed = False
+        held = r.held_audio
+        while held and (flush or (last is not None and held[0].dts <= last)
+                        or held[-1].dts - held[0].dts > MAX_AUDIO_HOLD_MS):
+            changed |= r.segmenter.push(held.popleft())
+        return changed
+
+    def _frame_rate_hint(self, r: Rendition) -> None:
+        fps = self.live.metadata.get("framerate") or self.live.metadata.get("fps")
+        if isinstance(fps, (int, float)) and 1 <= fps <= 240:
+            r.segmenter.frame_rate_hint = float(fps)
 
     def on_end(self, interrupted: bool = False) -> None:
         if interrupted and self.settings.reconnect_grace > 0:
@@ -152,11 +248,23 @@ class HLSStream:
     def _finish(self) -> None:
         self._grace = None
         self.ended_at = time.monotonic()
-        for r in self.renditions.values():
-            r.segmenter.finish()
-        self._changed()
+        self.source.segmenter.finish()
+        if self._ladder_draining:
+            # The rungs are a little behind the source: they end when the transcoder has
+            # encoded what it was given (or after a bound, should it never say so).
+            self._loop.call_later(LADDER_DRAIN_TIMEOUT, self._finish_rungs)
+        else:
+            self._finish_rungs()
         if self._on_finish is not None:
             self._on_finish(self.name)
+
+    def _finish_rungs(self) -> None:
+        self._ladder_draining = False
+        for r in self.renditions.values():
+            if r is not self.source:
+                self._release_audio(r, None, flush=True)
+                r.segmenter.finish()
+        self._changed()
 
     def end_now(self) -> None:
         """End the playlists now, without waiting out a reconnect grace period."""
@@ -193,18 +301,22 @@ class HLSStream:
                 r.reports = tuple(
                     playlist.RenditionReport(f"../{o.name}/{playlist.MEDIA_PLAYLIST}", *pos)
                     for o in self.renditions.values()
-                    if o is not r and (pos := o.segmenter.last_part_position()) is not None
+                    if o is not r and not o.shed and (pos := o.segmenter.last_part_position()) is not None
                 )
         for r in self.renditions.values():
             r.notify()
 
     # readers
     def has_segments(self) -> bool:
-        return all(r.segmenter.segments for r in self.renditions.values())
+        """Every rendition that is producing has a segment (players may start on any)."""
+        return all(r.segmenter.segments for r in self.renditions.values() if not r.shed)
 
     def variants(self) -> list[playlist.Variant]:
+        """The renditions a player may choose now: with segments, not shed."""
         out = []
         for r in self.renditions.values():
+            if r.shed or not r.segmenter.segments:
+                continue
             init = r.segmenter.init
             video, audio = (init.video, init.audio) if init else (self.video, self.audio)
             codecs = ",".join(c.codec_string for c in (video, audio) if c is not None)

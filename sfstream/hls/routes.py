@@ -103,9 +103,10 @@ async def _stream_with_segments(request: web.Request) -> HLSStream | None:
     stream = request.app[HLS_OUTPUT].get(request.match_info["name"])
     if stream is None:
         return None
-    source = next(iter(stream.renditions.values()))
+    source = stream.source
     await source.wait_until(lambda: stream.has_segments() or source.segmenter.ended, _first_segment_wait(stream))
-    return stream if stream.has_segments() else None
+    # A rung that has nothing yet (its encoder failed, say) must not keep players from the rest.
+    return stream if source.segmenter.segments else None
 
 
 async def multivariant(request: web.Request) -> web.Response:

@@ -1,0 +1,364 @@
+"""One live stream's ladder: a decode thread and one encoder thread per rung.
+
+    LiveStream --packets--> Transcoder.on_packet --queue--> decode thread (PyAV h264)
+        --frames--> RungEncoder threads (scale with libswscale, encode with libx264)
+        --packets--> loop.call_soon_threadsafe(sink.rung_packet) --> the rung's Segmenter
+
+PyAV releases the GIL inside libav (decode, scale, encode), so the threads run in
+parallel with each other and with the event loop. Every queue is bounded; nothing here
+ever blocks the loop: when a queue is full, frames are dropped (and the load shedder hears
+of it) rather than waited for.
+
+Keyframes line up across renditions because each rung forces an IDR frame exactly where
+the source has a keyframe, and x264 makes no keyframes of its own (scenecut=0, a keyint
+longer than any GOP): the segmenters, which cut at keyframes, cut every rendition at the
+same timestamps. No B-frames (zerolatency), so decode order is presentation order.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Protocol
+
+import av
+from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
+
+from ..media.packet import AudioConfig, Packet, VideoConfig
+from .h264 import annexb_to_avcc, config_from_annexb
+from .ladder import Rung, rungs_for_source
+from .shedding import LoadShedder
+
+log = logging.getLogger("sfstream.transcode")
+
+MS = Fraction(1, 1000)  # RTMP timestamps are milliseconds; so are all our pts
+THUMBNAIL_WIDTH = 320
+SUBMIT_WAIT = 0.5  # seconds the decode thread waits for room in a rung's queue
+
+
+@dataclass(frozen=True, slots=True)
+class TranscodeSettings:
+    ladder: tuple[Rung, ...]
+    preset: str = "veryfast"
+    threads: int = 0  # per encoder; 0 lets x264 choose
+    decode_queue: int = 120  # source packets waiting for the decoder (~4 s at 30 fps)
+    rung_queue: int = 30  # decoded frames waiting for one rung's encoder (~1 s)
+    max_lag: float = 1.5  # seconds from a frame's arrival to its encoded packet before shedding
+    restore_after: float = 30.0  # seconds of comfortable load before a shed rung comes back
+    thumbnail_interval: float = 10.0  # seconds between thumbnails (0: none)
+    thumbnail_dir: Path | None = None
+
+
+class LadderSink(Protocol):
+    """Where a stream's ladder goes (HLSStream implements it); called on the event loop."""
+
+    def set_rungs(self, names: list[str]) -> int:
+        """The rungs this transcoder makes; returns its epoch, passed back with its output."""
+
+    def rung_config(self, name: str, video: VideoConfig, epoch: int) -> None: ...
+
+    def rung_packet(self, name: str, packet: Packet, epoch: int) -> None: ...
+
+    def rung_shed(self, name: str, shed: bool) -> None: ...
+
+    def ladder_done(self, epoch: int) -> None:
+        """Everything this transcoder was given is encoded and delivered."""
+
+
+class RungEncoder:
+    """Scales and encodes one rung in its own thread."""
+
+    def __init__(self, rung: Rung, settings: TranscodeSettings, emit: Callable[[str, object], None]) -> None:
+        self.rung = rung
+        self.settings = settings
+        self._emit = emit  # (kind, value) back to the loop, thread-safe
+        self.queue: queue.Queue = queue.Queue(settings.rung_queue)
+        self.active = True  # read by the decode thread: False while shed
+        self.force_key = False  # the next frame starts a new GOP (after a restore)
+        self.fps = Fraction(30)  # for x264's rate control; the decode thread sets the stream's
+        self._thread = threading.Thread(target=self._run, name=f"encode-{rung.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, frame: av.VideoFrame, keyframe: bool, arrival: float) -> bool:
+        """Called by the decode thread; waits a little for room (the encoder may be finishing a
+        slow frame), then gives up on this frame for this rung."""
+        try:
+            self.queue.put((frame, keyframe, arrival), timeout=SUBMIT_WAIT)
+            return True
+        except queue.Full:
+            return False
+
+    def close(self) -> None:
+        # Unbounded wait is fine: the thread drains what is queued and exits.
+        while True:
+            try:
+                self.queue.put(None, timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _open(self, width: int, height: int, fps: Fraction) -> av.VideoCodecContext:
+        ctx = av.CodecContext.create("libx264", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+        ctx.time_base = MS
+        ctx.framerate = fps
+        kbps = self.rung.kbps
+        ctx.bit_rate = kbps * 1000
+        ctx.gop_size = 100_000  # keyframes only where we force them
+        ctx.thread_count = self.settings.threads
+        ctx.options = {
+            "preset": self.settings.preset,
+            "tune": "zerolatency",  # no B-frames, no lookahead: a frame in, a packet out
+            "maxrate": f"{kbps}k",
+            "bufsize": f"{kbps}k",  # VBV of 1 s: bounded peaks for players on tight links
+            "forced-idr": "1",
+            "x264-params": "scenecut=0:keyint=infinite",
+        }
+        ctx.flags |= av.codec.context.Flags.global_header  # SPS/PPS once, for the init section
+        ctx.open()
+        return ctx
+
+    def _run(self) -> None:
+        ctx: av.VideoCodecContext | None = None
+        size = None
+        scaler = VideoReformatter()
+        try:
+            while (item := self.queue.get()) is not None:
+                frame, keyframe, arrival = item
+                want = self.rung.size_for(frame.width, frame.height)
+                if ctx is None or want != size:
+                    if ctx is not None:
+                        self._drain(ctx, ctx.encode(None), arrival)
+                    ctx, size = self._open(*want, self.fps), want
+                    self._emit("config", config_from_annexb(bytes(ctx.extradata)))
+                    keyframe = True
+                if self.force_key:
+                    self.force_key, keyframe = False, True
+                # Our own scaler: frame.reformat() would share one SwsContext cached on the
+                # frame between every rung's thread (they all scale the same decoded frame).
+                out = scaler.reformat(frame, width=size[0], height=size[1], format="yuv420p")
+                out.pts, out.time_base = frame.pts, MS
+                out.pict_type = PictureType.I if keyframe else PictureType.NONE
+                self._drain(ctx, ctx.encode(out), arrival)
+            if ctx is not None:
+                self._drain(ctx, ctx.encode(None), time.monotonic())
+        except Exception:
+            log.exception("rung %s: encoder failed", self.rung.name)
+            self._emit("failed", None)
+
+    def _drain(self, ctx, packets, arrival: float) -> None:
+        for p in packets:
+            data = annexb_to_avcc(bytes(p))
+            if not data:
+                continue
+            self._emit("packet", Packet(True, int(p.dts), data, keyframe=p.is_keyframe,
+                                        cts=int(p.pts - p.dts), arrival=arrival))
+
+
+class Transcoder:
+    """A StreamConsumer: decodes the source once and feeds every rung's encoder."""
+
+    def __init__(self, name: str, settings: TranscodeSettings, sink: LadderSink,
+                 loop: asyncio.AbstractEventLoop, on_thumbnail: Callable[[str, Path], None] | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.sink = sink
+        self.loop = loop
+        self.on_thumbnail = on_thumbnail
+        self.encoders: dict[str, RungEncoder] = {}
+        self.shedder: LoadShedder | None = None
+        self._queue: queue.Queue = queue.Queue(settings.decode_queue)
+        self._thread: threading.Thread | None = None
+        self._video: VideoConfig | None = None
+        self._dropping = False  # after a full decode queue: skip to the next keyframe
+        self.dropped_packets = 0
+        self.finished = asyncio.Event()
+        self.epoch = 0
+
+    # ---------------------------------------------------------------- StreamConsumer (loop)
+
+    def on_config(self, video: VideoConfig | None, audio: AudioConfig | None) -> None:
+        if video is None or video == self._video:
+            return
+        first = self._video is None
+        self._video = video
+        if first:
+            rungs = rungs_for_source(self.settings.ladder, video.height)
+            self.epoch = self.sink.set_rungs([r.name for r in rungs])
+            self.encoders = {r.name: RungEncoder(r, self.settings, self._emitter(r.name)) for r in rungs}
+            self.shedder = LoadShedder([r.name for r in rungs], self.settings.max_lag, self.settings.restore_after)
+            self._thread = threading.Thread(target=self._decode_loop, name=f"decode-{self.name}", daemon=True)
+            self._thread.start()
+            log.info("stream %r: transcoding %dx%d to %s", self.name, video.width, video.height,
+                     ", ".join(r.name for r in rungs) or "nothing (source only)")
+        self._put(video)
+
+    def on_packet(self, packet: Packet) -> None:
+        if not packet.is_video or self._thread is None:
+            return
+        if self._dropping and not packet.keyframe:
+            self.dropped_packets += 1
+            return
+        self._dropping = False
+        if not self._put(packet):
+            # The decoder is behind by a whole queue: skip to the next keyframe (decoding
+            # needs every frame of a GOP) rather than fall further behind real time.
+            self._dropping = True
+            self.dropped_packets += 1
+            log.warning("stream %r: decoder %d packets behind; dropping to the next keyframe",
+                        self.name, self.settings.decode_queue)
+
+    def on_end(self, interrupted: bool = False) -> None:
+        if self._thread is None:
+            self.finished.set()
+            self.sink.ladder_done(self.epoch)
+            return
+        threading.Thread(target=self._stop, name=f"stop-{self.name}", daemon=True).start()
+
+    def _put(self, item) -> bool:
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            return False
+
+    def _stop(self) -> None:
+        while True:
+            try:
+                self._queue.put(None, timeout=1.0)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        for enc in self.encoders.values():
+            enc.close()
+        for enc in self.encoders.values():
+            enc.join()
+        try:
+            self.loop.call_soon_threadsafe(self._done)
+        except RuntimeError:  # the loop is closed: the server is gone
+            pass
+
+    def _done(self) -> None:
+        self.finished.set()
+        self.sink.ladder_done(self.epoch)
+
+    # ---------------------------------------------------------------- results (loop)
+
+    def _emitter(self, name: str) -> Callable[[str, object], None]:
+        def emit(kind: str, value) -> None:
+            try:
+                self.loop.call_soon_threadsafe(self._deliver, name, kind, value)
+            except RuntimeError:  # the loop is closed: the server is gone
+                pass
+        return emit
+
+    def _deliver(self, name: str, kind: str, value) -> None:
+        if kind == "packet":
+            self.sink.rung_packet(name, value, self.epoch)
+            self._observe(name, time.monotonic() - value.arrival)
+        elif kind == "config":
+            self.sink.rung_config(name, value, self.epoch)
+        elif kind == "failed":
+            self._set_shed(name, True)
+        elif kind == "overloaded":
+            # A full queue: about that many frames of backlog, plus the wait that failed.
+            self._observe(name, self.settings.rung_queue / 30 + SUBMIT_WAIT)
+
+    def _observe(self, name: str, lag: float) -> None:
+        if self.shedder is None:
+            return
+        for rung, shed in self.shedder.observe(name, lag, time.monotonic()):
+            self._set_shed(rung, shed)
+
+    def _set_shed(self, name: str, shed: bool) -> None:
+        enc = self.encoders.get(name)
+        if enc is None or enc.active != shed:
+            return
+        enc.active = not shed
+        if shed:
+            log.warning("stream %r: shedding rung %s (cannot keep up with real time)", self.name, name)
+        else:
+            enc.force_key = True
+            log.info("stream %r: restoring rung %s", self.name, name)
+        self.sink.rung_shed(name, shed)
+
+    # ---------------------------------------------------------------- decode thread
+
+    def _decode_loop(self) -> None:
+        decoder = None
+        next_thumbnail = 0.0
+        arrivals: dict[int, float] = {}
+        last_pts, fps_known = None, False
+        try:
+            while (item := self._queue.get()) is not None:
+                if isinstance(item, VideoConfig):
+                    decoder = av.CodecContext.create("h264", "r")
+                    decoder.extradata = item.avcc
+                    decoder.thread_type = "SLICE"  # frame threads would delay every frame
+                    continue
+                if decoder is None:
+                    continue
+                pkt = av.Packet(item.data)
+                pkt.pts, pkt.dts, pkt.time_base = item.pts, item.dts, MS
+                arrivals[item.pts] = item.arrival
+                try:
+                    frames = decoder.decode(pkt)
+                except av.error.FFmpegError as exc:
+                    log.warning("stream %r: undecodable video packet: %s", self.name, exc)
+                    continue
+                for frame in frames:
+                    if last_pts is not None and 0 < frame.pts - last_pts < 1000 and not fps_known:
+                        # the frame rate, for the encoders' rate control: from the first frame
+                        # interval (RTMP's ms timestamps round it; close enough for bitrates)
+                        fps_known = True
+                        for enc in self.encoders.values():
+                            enc.fps = Fraction(1000, frame.pts - last_pts).limit_denominator(1001)
+                    last_pts = frame.pts
+                    arrival = arrivals.pop(frame.pts, None) or time.monotonic()
+                    keyframe = frame.key_frame
+                    for name, enc in self.encoders.items():
+                        if enc.active and not enc.submit(frame, keyframe, arrival):
+                            self._emitter(name)("overloaded", None)
+                    seconds = frame.pts / 1000
+                    if self.settings.thumbnail_interval > 0 and seconds >= next_thumbnail:
+                        next_thumbnail = seconds + self.settings.thumbnail_interval
+                        self._thumbnail(frame)
+                if len(arrivals) > 1000:  # packets the decoder never returned a frame for
+                    arrivals.clear()
+        except Exception:
+            log.exception("stream %r: decoder failed; the ladder stops", self.name)
+            for name in self.encoders:
+                self._emitter(name)("failed", None)
+
+    def _thumbnail(self, frame: av.VideoFrame) -> None:
+        if self.settings.thumbnail_dir is None:
+            return
+        try:
+            width = min(THUMBNAIL_WIDTH, frame.width) // 2 * 2
+            height = max(2, round(frame.height * width / frame.width / 2) * 2)
+            enc = av.CodecContext.create("mjpeg", "w")
+            enc.width, enc.height, enc.pix_fmt, enc.time_base = width, height, "yuvj420p", Fraction(1, 25)
+            enc.options = {"qscale": "4"}
+            image = VideoReformatter().reformat(frame, width=width, height=height, format="yuvj420p")
+            image.pts = None
+            data = b"".join(bytes(p) for p in [*enc.encode(image), *enc.encode(None)])
+            path = self.settings.thumbnail_dir / f"{self.name}.jpg"
+            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+            self.settings.thumbnail_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # readers see the old or the new image, never half of one
+            if self.on_thumbnail is not None:
+                self.loop.call_soon_threadsafe(self.on_thumbnail, self.name, path)
+        except Exception:
+            log.exception("stream %r: thumbnail failed", self.name)
