@@ -749,7 +749,9 @@ class Stack:
     def __init__(self, procs: common.Procs, args, max_sockets: int, tag: str) -> None:
         self.procs = procs
         self.run_dir = common.make_run_dir(f"sfwsview-{tag}-")
+        # all sockets come from 127.0.0.1: lift the per-address websocket limit (default 20) and the API budget
         env = {"SFSTREAM_BCRYPT_ROUNDS": "4", "SFSTREAM_WS_MAX_CONNECTIONS": str(max_sockets + 1000),
+               "SFSTREAM_WS_MAX_PER_CLIENT": str(max_sockets + 1000),
                "SFSTREAM_API_RATE_LIMIT": "100000", "SFSTREAM_LOG_LEVEL": "warning",
                "PYTHONUNBUFFERED": "1"}
         self.gc_log = None
@@ -1369,7 +1371,12 @@ def orchestrate(args) -> int:
     try:
         for N in steps_n:
             print(f"N = {N} websocket viewers ...", flush=True)
-            result["steps"].append(run_step(procs, args, N))
+            try:
+                result["steps"].append(run_step(procs, args, N))
+            except (RuntimeError, TimeoutError, OSError, KeyError, ValueError) as exc:
+                # kept in the JSON; the next N still runs (on a fresh server)
+                print(f"  N = {N} failed: {exc!r}"[:2000], flush=True)
+                result.setdefault("failed", []).append({"viewers": N, "error": repr(exc)[:4000]})
             save()
         if args.profile:
             pn = args.profile_n or (max(steps_n) if steps_n else 10000)
@@ -1390,6 +1397,8 @@ def orchestrate(args) -> int:
           f"clients {'offer permessage-deflate' if args.deflate else 'without compression'}):")
     if result["steps"]:
         print(main_table(result["steps"], md))
+    for f in result.get("failed", []):
+        print(f"N = {f['viewers']} FAILED: {f['error'][:300]}")
     p = result["profile"]
     if p:
         print(f"\nprofiled step (py-spy --nonblocking attached, N = {p['viewers']}):")

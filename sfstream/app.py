@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from aiohttp import web
@@ -123,6 +124,12 @@ def create_app(settings: Settings) -> web.Application:
 async def _broadcasts(app: web.Application):
     broadcasts = app[BROADCASTS]
     broadcasts.bind(app[STORE], app[BUS])
+    if not app[SETTINGS].redis_url:
+        # One instance (no shared bus): any stream still marked live was left so by a crash of
+        # this server. With Redis, other instances may be live: issue 7 brings heartbeats.
+        ended = await app[STORE].end_live_streams(datetime.now(timezone.utc))
+        if ended:
+            log.warning("ended %d broadcast(s) left live by an earlier run", ended)
     sampler = asyncio.get_running_loop().create_task(broadcasts.run_sampler())
     yield
     sampler.cancel()

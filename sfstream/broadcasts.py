@@ -16,7 +16,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import logging
+import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,14 +31,15 @@ from aiohttp import web
 
 from .bus import Bus
 from .config import Settings
-from .hls.routes import SESSION_RE
 from .media.live import LiveStream
 from .statistics import summarize
 from .store import Store
-from .streamkeys import InvalidPlaybackToken, PlaybackTokens, StreamKeys
+from .streamkeys import InvalidPlaybackToken, PlaybackTokens, StreamKeys, derive
 
 log = logging.getLogger("sfstream.broadcasts")
 
+SESSION_LENGTH = 28  # 16 characters of nonce + 12 of MAC
+SESSION_RE = re.compile(r"[A-Za-z0-9_-]{28}")
 # How long an HLS request for a private stream may wait for its broadcast record.
 START_WAIT = 5.0
 # Local memory of recent presence touches is bounded: past this, touches are not throttled.
@@ -55,6 +61,8 @@ class Broadcast:
     started: asyncio.Event = field(default_factory=asyncio.Event)  # the record is known (or failed)
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # the end is recorded
     thumbnail_recorded: bool = False
+    failed: bool = False  # its record could not be written: nobody may watch
+    finished_at: float | None = None  # monotonic time its end was recorded
 
 
 class Broadcasts:
@@ -65,15 +73,18 @@ class Broadcasts:
         self.rtmp_port = 0  # where publishers connect (set once the listener is up)
         self.keys = StreamKeys(secret)
         self.playback = PlaybackTokens(secret, settings.playback_token_ttl)
+        self._session_key = derive(secret, "sfstream viewer sessions v1")
         self._disconnect = disconnect
         self.store: Store | None = None
         self.bus: Bus | None = None
         self.by_name: dict[str, Broadcast] = {}
-        # username -> (user id, key HMAC), learnt when a key is accepted
-        self._owners: dict[str, tuple[int, str]] = {}
-        self._static_names = set(settings.stream_keys.values())
+        # name -> (user id, key HMAC) of the key just accepted for it, or None for a static key:
+        # authorize() sets it and on_publish() takes it, with no await between the two.
+        self._grants: dict[str, tuple[int, str] | None] = {}
+        self.static_names = {n.lower() for n in settings.stream_keys.values()}
         self._lifecycle = asyncio.Lock()  # start/end records one at a time: an end never overtakes a start
         self._touched: dict[tuple[str, str], float] = {}
+        self._live_by_id: dict[int, Broadcast] = {}
         self._tasks: set[asyncio.Task] = set()
         # Called with a Broadcast when it ends (the viewer websockets say goodbye).
         self.on_end: list[Callable[[Broadcast], None]] = []
@@ -86,6 +97,7 @@ class Broadcasts:
     async def authorize(self, key: str) -> str | None:
         name = self.settings.stream_keys.get(key)
         if name is not None:
+            self._grants[name] = None
             return name
         if self.store is None or not key:
             return None
@@ -93,9 +105,11 @@ class Broadcasts:
         if channel is None:
             return None
         user = await self.store.get_user(channel.user_id)
-        if user is None:
+        if user is None or user.username.lower() in self.static_names:
+            # A static stream's name is the operator's: a user registered under it before the
+            # static key was configured cannot broadcast there.
             return None
-        self._owners[user.username] = (user.id, channel.stream_key_hmac)
+        self._grants[user.username] = (user.id, channel.stream_key_hmac)
         return user.username
 
     def on_publish(self, live: LiveStream) -> None:
@@ -103,7 +117,7 @@ class Broadcasts:
         b = self.by_name.get(live.name)
         if b is not None and not b.ended:
             return  # the publisher came back within the grace period: the same broadcast
-        owner = None if live.name in self._static_names else self._owners.get(live.name)
+        owner = self._grants.pop(live.name, None)
         b = Broadcast(live.name, *owner) if owner else Broadcast(live.name, None)
         self.by_name[live.name] = b
         self._spawn(self._start(b))
@@ -158,9 +172,18 @@ class Broadcasts:
                 if b.user_id is not None:
                     stream = await self.store.start_stream(b.user_id, datetime.now(timezone.utc))
                     b.stream_id, b.private = stream.id, stream.is_private
+                    self._live_by_id[stream.id] = b
                     log.info("broadcast %d of %r started", stream.id, b.name)
+                    # A key reset between authorize() and now found no publisher to disconnect:
+                    # look again, now that this one is registered.
+                    channel = await self.store.get_channel(b.user_id)
+                    if channel is None or channel.stream_key_hmac != b.key_hmac:
+                        self.disconnect(b.name, "stream key reset")
             except Exception:
-                log.exception("stream %r: could not record the broadcast start", b.name)
+                # Fail closed: without its record we cannot tell a private stream from a public one.
+                log.exception("stream %r: could not record the broadcast start; disconnecting", b.name)
+                b.failed = True
+                self.disconnect(b.name, "broadcast could not be recorded")
             finally:
                 b.started.set()
 
@@ -180,6 +203,9 @@ class Broadcasts:
                 await self.bus.forget(group)
             except Exception:
                 log.exception("stream %r: could not record the broadcast end", b.name)
+            if b.stream_id is not None and self._live_by_id.get(b.stream_id) is b:
+                del self._live_by_id[b.stream_id]
+            b.finished_at = time.monotonic()
             b.finished.set()
             for callback in self.on_end:
                 callback(b)
@@ -197,10 +223,8 @@ class Broadcasts:
     # ------------------------------------------------------------- watching
 
     def live_broadcast(self, stream_id: int) -> Broadcast | None:
-        for b in self.by_name.values():
-            if b.stream_id == stream_id and not b.ended:
-                return b
-        return None
+        b = self._live_by_id.get(stream_id)
+        return b if b is not None and not b.ended else None
 
     async def can_watch(self, name: str, token: str | None) -> bool:
         """May this HLS request be served? Public streams: yes. Private ones: with a valid
@@ -213,6 +237,8 @@ class Broadcasts:
                 await asyncio.wait_for(b.started.wait(), START_WAIT)
             except asyncio.TimeoutError:
                 return False
+        if b.failed:
+            return False
         if not b.private:
             return True
         if not token:
@@ -223,9 +249,28 @@ class Broadcasts:
             return False
         return grant.stream_id == b.stream_id
 
+    def viewer_session(self, name: str, proposed: str | None) -> str:
+        """A viewer session id for a player of `name`: `proposed` if we issued it, else a new
+        one. Ids are signed (random part + HMAC), so a client cannot count as many viewers by
+        making ids up; it has to fetch a playlist for each (and the API rate limits apply)."""
+        if proposed and self.valid_session(name, proposed):
+            return proposed
+        nonce = secrets.token_urlsafe(12)
+        return nonce + self._session_mac(name, nonce)
+
+    def valid_session(self, name: str, session: str) -> bool:
+        if len(session) != SESSION_LENGTH or not SESSION_RE.fullmatch(session):
+            return False
+        nonce, mac = session[:16], session[16:]
+        return hmac.compare_digest(mac, self._session_mac(name, nonce))
+
+    def _session_mac(self, name: str, nonce: str) -> str:
+        digest = hmac.new(self._session_key, f"{name}\n{nonce}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:9]).decode()  # 72 bits, 12 characters
+
     async def hls_seen(self, name: str, session: str | None) -> None:
         """A media playlist request of viewer session `session`: it is watching."""
-        if not session or not SESSION_RE.fullmatch(session) or name not in self.by_name:
+        if not session or name not in self.by_name or not self.valid_session(name, session):
             return
         now = time.monotonic()
         key = (name, session)
@@ -253,18 +298,29 @@ class Broadcasts:
                 await self._check_still_allowed(b)
             except Exception:
                 log.exception("stream %r: could not record its viewer count", b.name)
+        self._forget_old()
 
     async def _check_still_allowed(self, b: Broadcast) -> None:
-        # A DELETE or key reset handled by another instance reaches this one's publisher here.
+        # What another instance did to this broadcast (DELETE, key reset, privacy) reaches
+        # this one, which holds its publisher, here.
         stream = await self.store.get_stream(b.stream_id)
         channel = await self.store.get_channel(b.user_id)
         if stream is None or not stream.is_live:
             self.disconnect(b.name, "stream ended elsewhere")
         elif channel is None or channel.stream_key_hmac != b.key_hmac:
             self.disconnect(b.name, "stream key reset")
-        # forget throttle entries old enough that the next request must touch the bus anyway
+        else:
+            b.private = stream.is_private
+
+    def _forget_old(self) -> None:
+        # Throttle entries old enough that the next request touches the bus anyway, and
+        # ended broadcasts whose playlists have expired (their names are free again).
         horizon = time.monotonic() - self.settings.viewer_timeout
         self._touched = {k: t for k, t in self._touched.items() if t > horizon}
+        gone = time.monotonic() - self.settings.hls_linger
+        for name, b in list(self.by_name.items()):
+            if b.finished_at is not None and b.finished_at < gone:
+                del self.by_name[name]
 
     async def run_sampler(self) -> None:
         while True:

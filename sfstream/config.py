@@ -161,6 +161,9 @@ class Settings:
     ws_max_connections: int = _setting(
         20000, "Viewer-count websockets accepted by this process; more get 503."
     )
+    ws_max_per_client: int = _setting(
+        20, "Viewer-count websockets accepted from one client address; more get 429."
+    )
 
     def __post_init__(self) -> None:
         if self.stream_keys is None:
@@ -179,7 +182,7 @@ class Settings:
             raise ConfigError("bcrypt_rounds: must be between 4 and 31")
         for name in ("db_pool_min", "db_pool_max", "access_token_ttl", "refresh_token_ttl", "login_attempts",
                      "login_window", "api_rate_limit", "avatar_max_bytes", "avatar_max_pixels", "viewer_timeout",
-                     "stats_interval", "playback_token_ttl", "ws_max_connections"):
+                     "stats_interval", "playback_token_ttl", "ws_max_connections", "ws_max_per_client"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be greater than 0")
         if self.db_pool_min > self.db_pool_max:

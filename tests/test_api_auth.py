@@ -71,8 +71,11 @@ async def test_duplicates_are_409_case_insensitive(api):
     await api.register("alice")
     status, body, _ = await api.call("POST", "/auth/register", json={"username": "ALICE", "email": "new@example.org", "password": "long enough"})
     assert status == 409 and "username" in body["error"]["fields"]
-    status, body, _ = await api.call("POST", "/auth/register", json={"username": "other", "email": "Alice@Example.org", "password": "long enough"})
+    status, body, _ = await api.call("POST", "/auth/register", json={"username": "someone", "email": "Alice@Example.org", "password": "long enough"})
     assert status == 409 and "email" in body["error"]["fields"]
+    # the public name of a --stream-key stream ("good" here) belongs to the operator
+    status, body, _ = await api.call("POST", "/auth/register", json={"username": "GOOD", "email": "g@example.org", "password": "long enough"})
+    assert status == 409 and "username" in body["error"]["fields"]
 
 
 async def test_wrong_credentials_are_401(api):

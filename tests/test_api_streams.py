@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from sfstream.appkeys import STORE
-from sfstream.app import REGISTRY
+from sfstream.app import REGISTRY, RTMP_SERVER
 from sfstream.broadcasts import BROADCASTS
 from sfstream.hls.routes import HLS_OUTPUT
 from sfstream.rtmp.client import Publisher, PublishRefused, read_flv
@@ -354,4 +354,82 @@ async def test_changes_made_by_another_instance_reach_the_publisher(api_factory,
     playing.cancel()
     with contextlib.suppress(asyncio.CancelledError, ConnectionError):
         await playing
+    await pub.close()
+
+
+async def test_forged_viewer_sessions_do_not_count(api_factory, test_flv):
+    api = await api_factory(**FAST)
+    token, _ = await login(api, "alice")
+    key, rtmp_url = await stream_key(api, token)
+    pub = Publisher(f"{rtmp_url}/{key}")
+    await pub.connect()
+    playing = asyncio.ensure_future(pub.play(read_flv(test_flv.read_bytes()), realtime=True, loops=50))
+    b = await live_broadcast(api, "alice")
+    base = f"http://127.0.0.1:{api.server.http_port}"
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{base}/ws/streams/{b.stream_id}/viewers")
+        assert (await next_message(ws))["viewers"] == 1
+        for i in range(20):  # made-up session ids of the right shape
+            async with http.get(f"{base}/hls/alice/source/media.m3u8?vs={'x' * 16}{i:012d}") as resp:
+                assert resp.status == 200
+        media_url = await play_once(http, f"{base}/hls/alice/index.m3u8")  # one real player
+        while (message := await next_message(ws))["viewers"] == 1:
+            pass
+        assert message["viewers"] == 2  # not 22
+        # the player's multivariant reload keeps its session
+        async with http.get(f"{base}/hls/alice/index.m3u8?vs={media_url.split('vs=')[1]}") as resp:
+            assert media_url.split("vs=")[1] in await resp.text()
+        await ws.close()
+    playing.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+        await playing
+    await pub.close()
+
+
+async def test_per_client_websocket_limit(api_factory, tmp_path):
+    api = await api_factory(**{**FAST, "ws_max_per_client": 2})
+    token, _ = await login(api, "alice")
+    key, rtmp_url = await stream_key(api, token)
+    async with FFmpegPublisher(f"{rtmp_url}/{key}", tmp_path), aiohttp.ClientSession() as http:
+        b = await live_broadcast(api, "alice")
+        url = f"http://127.0.0.1:{api.server.http_port}/ws/streams/{b.stream_id}/viewers"
+        sockets = [await http.ws_connect(url) for _ in range(2)]
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url)
+        assert refused.value.status == 429
+        for ws in sockets:
+            await ws.close()
+
+
+async def test_broadcasts_left_live_by_a_crash_are_ended_at_start(api_factory, tmp_path):
+    api = await api_factory(**FAST)
+    _, user = await login(api, "alice")
+    store = api.server.app[STORE]
+    crashed = await store.start_stream(user["id"], datetime.now(timezone.utc))  # as if the server died here
+    second = await api_factory(**FAST)  # a new start on the same database
+    status, body, _ = await second.call("GET", f"/streams/{crashed.id}")
+    assert status == 200 and not body["is_live"] and body["ended_at"]
+
+
+async def test_key_reset_between_authorisation_and_publish_still_kicks(api_factory, test_flv):
+    """authorize() accepted the old key, then the reset came before the publisher was registered
+    (so the reset found nobody to disconnect): the broadcast start notices and disconnects."""
+    api = await api_factory(**FAST)
+    token, user = await login(api, "alice")
+    key, rtmp_url = await stream_key(api, token)
+    broadcasts = api.server.app[BROADCASTS]
+    authorize = broadcasts.authorize
+
+    async def reset_right_after(k):
+        name = await authorize(k)
+        status, _, _ = await api.call("POST", "/stream/key/reset", token=token)
+        assert status == 200
+        return name
+
+    api.server.app[RTMP_SERVER].authorize = reset_right_after
+    pub = Publisher(f"{rtmp_url}/{key}")
+    await pub.connect()  # accepted: the key was valid when checked
+    b = await live_broadcast(api, "alice")
+    await asyncio.wait_for(b.finished.wait(), 10)  # ...and ended by the start's second look
+    assert api.server.app[REGISTRY].get("alice") is None
     await pub.close()

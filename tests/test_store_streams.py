@@ -149,3 +149,17 @@ async def test_follower_counts_by_day(store):
                           fan.id, star.id, datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
                           if "Postgres" in type(store).__name__ else day + ".000000")
     assert await store.follower_counts_by_day(star.id) == [("2026-11-01", 2), ("2026-11-03", 1)]
+
+
+async def test_title_search_folds_non_ascii_case_on_both_databases(store):
+    alice = await store.create_user("alice", "alice@example.com", "h")
+    await store.prepare_stream(alice.id, title="ÉCOLE live", description="", category_id=None, is_private=False)
+    await store.start_stream(alice.id, T0)
+    assert (await store.list_streams(live=True, search="école"))[1] == 1
+
+
+async def test_concurrent_first_users_make_one_admin(store):
+    users = await asyncio.gather(*(store.create_user(f"u{i}", f"u{i}@example.com", "h", is_admin=None)
+                                   for i in range(6)))
+    assert sum(u.is_admin for u in users) == 1
+    assert not (await store.create_user("late", "late@example.com", "h", is_admin=None)).is_admin

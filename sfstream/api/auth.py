@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from aiohttp import web
 from aiohttp_apigami import docs, request_schema
 
+from ..broadcasts import BROADCASTS
 from ..store import Conflict, User
 from .context import API_SETTINGS, BUS, STORE, TOKENS, authenticate, check_limit, client_ip, count_attempt, is_secure, load_json
 from .errors import APIError
@@ -134,10 +135,13 @@ async def register(request: web.Request) -> web.Response:
     body = await load_json(request, RegisterSchema())
     await count_attempt(request, ip_key, settings.login_window)
     store = request.config_dict[STORE]
-    first = await store.count_users() == 0
+    if body["username"].lower() in request.config_dict[BROADCASTS].static_names:
+        # The public name of a --stream-key stream: the operator's, not for an account.
+        raise APIError(409, "conflict", "this username is already registered", {"username": ["already registered"]})
     password_hash = await hash_password(body["password"], settings.bcrypt_rounds)
     try:
-        user = await store.create_user(body["username"], body["email"].lower(), password_hash, is_admin=first)
+        # The first account is the administrator (decided by the database, atomically).
+        user = await store.create_user(body["username"], body["email"].lower(), password_hash, is_admin=None)
     except Conflict as exc:
         raise APIError(409, "conflict", f"this {exc.field} is already registered", {exc.field: ["already registered"]})
     log.info("user %d registered (%s)", user.id, user.username)

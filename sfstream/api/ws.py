@@ -21,8 +21,7 @@ import secrets
 from aiohttp import WSMsgType, web
 
 from ..broadcasts import BROADCASTS, Broadcast, viewer_group
-from ..hls.routes import SESSION_RE
-from .context import API_SETTINGS, BUS, STORE
+from .context import API_SETTINGS, BUS, STORE, client_ip
 from .errors import APIError, error_response
 from .streams import _visible_stream
 
@@ -49,6 +48,7 @@ class ViewerSockets:
         self.app = app
         self.rooms: dict[int, Room] = {}
         self.connections = 0
+        self.per_client: dict[str, int] = {}  # open sockets by client address
 
     # -- messages
     @staticmethod
@@ -86,8 +86,9 @@ class ViewerSockets:
         ttl = settings.viewer_timeout
         loop = asyncio.get_running_loop()
         next_touch = next_check = loop.time()
-        try:
-            while room.sockets and not room.ended:
+        failures = 0
+        while room.sockets and not room.ended:
+            try:
                 now = loop.time()
                 if now >= next_touch:
                     await bus.touch(room.group, list(room.sockets.values()), ttl)
@@ -103,11 +104,13 @@ class ViewerSockets:
                 if count != room.last_count:
                     room.last_count = count
                     await self._send_all(room, self._message("viewers", room, count))
-                await asyncio.sleep(UPDATE_INTERVAL)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("viewer count updates of stream %d failed", room.stream_id)
+                failures = 0
+            except Exception:
+                # The bus or the database failing for a while must not silence the room for good.
+                failures += 1
+                if failures == 1:
+                    log.exception("viewer count updates of stream %d failed; retrying", room.stream_id)
+            await asyncio.sleep(UPDATE_INTERVAL * min(2 ** failures, 20))
 
     async def _end(self, room: Room) -> None:
         if room.ended:
@@ -147,6 +150,11 @@ async def viewers_socket(request: web.Request) -> web.StreamResponse:
         resp = error_response(503, "too_many_connections", "viewer websocket limit reached; retry later")
         resp.headers["Retry-After"] = "5"
         return resp
+    client = client_ip(request)
+    if hub.per_client.get(client, 0) >= settings.ws_max_per_client:
+        resp = error_response(429, "too_many_connections", "too many viewer websockets from this address")
+        resp.headers["Retry-After"] = "5"
+        return resp
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_CLIENT_MESSAGE)
     await ws.prepare(request)
     if not stream.is_live:
@@ -155,16 +163,24 @@ async def viewers_socket(request: web.Request) -> web.StreamResponse:
         return ws
     bus = request.app[BUS]
     session = request.query.get("session", "")
-    member = session if SESSION_RE.fullmatch(session) else "ws-" + secrets.token_urlsafe(12)
+    # The player's own (signed) session id counts a page once; anything else is a new member.
+    valid = request.app[BROADCASTS].valid_session(stream.username, session)
+    member = session if valid else "ws-" + secrets.token_urlsafe(12)
     room = hub.join(stream.id, stream.username, ws, member)
+    hub.per_client[client] = hub.per_client.get(client, 0) + 1
     try:
         await bus.touch(room.group, (member,), settings.viewer_timeout)
-        await ws.send_str(hub._message("viewers", room, await bus.present(room.group)))
+        count = await bus.present(room.group)
+        if room.last_count is None:
+            room.last_count = count  # the room's first update is a change, not this count again
+        await ws.send_str(hub._message("viewers", room, count))
         async for msg in ws:  # clients have nothing to say; read to notice close and pings
             if msg.type == WSMsgType.ERROR:
                 break
     finally:
         hub.leave(room, ws)
+        if (left := hub.per_client.pop(client, 1) - 1) > 0:
+            hub.per_client[client] = left
         with contextlib.suppress(Exception):  # the bus may be closing at shutdown
             await bus.leave(room.group, member)
     return ws

@@ -20,6 +20,8 @@ class Audience(Protocol):
 
     async def hls_seen(self, name: str, session: str | None) -> None: ...
 
+    def viewer_session(self, name: str, proposed: str | None) -> str: ...
+
 
 HLS_OUTPUT = web.AppKey("hls_output", HLSOutput)
 HLS_AUDIENCE = web.AppKey("hls_audience", Audience)
@@ -46,7 +48,6 @@ MAX_DIRECTIVE = 2**63 - 1  # _HLS_msn / _HLS_part are decimal-integers (spec 4.2
 # rendition reports) carries it without rewriting them per viewer.
 GRANT_RE = r"~[A-Za-z0-9_.\-]{1,2048}"
 SESSION_PARAM = "vs"
-SESSION_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 def _response(body: bytes, content_type: str, cache: str) -> web.Response:
@@ -118,9 +119,9 @@ async def multivariant(request: web.Request) -> web.Response:
     # Each player gets a viewer session id in its media playlist URLs (players keep the query
     # when they reload), so its playlist requests say who is watching; a reload of this
     # playlist that already has one keeps it.
-    session = request.query.get(SESSION_PARAM, "")
-    if not SESSION_RE.fullmatch(session):
-        session = secrets.token_urlsafe(12)
+    audience = request.app.get(HLS_AUDIENCE)
+    proposed = request.query.get(SESSION_PARAM)
+    session = audience.viewer_session(stream.name, proposed) if audience else secrets.token_urlsafe(12)
     token = _token(request)
     prefix = f"~{token}/" if token else ""
     variants = [dataclasses.replace(v, uri=f"{prefix}{v.uri}?{SESSION_PARAM}={session}") for v in stream.variants()]

@@ -76,8 +76,11 @@ class Store(ABC):
 
     # --- users ---
     @abstractmethod
-    async def create_user(self, username: str, email: str, password_hash: str, *, is_admin: bool = False) -> User:
-        """Raise Conflict("username") or Conflict("email"); both are unique case-insensitively."""
+    async def create_user(self, username: str, email: str, password_hash: str, *,
+                          is_admin: bool | None = False) -> User:
+        """Raise Conflict("username") or Conflict("email"); both are unique case-insensitively.
+        is_admin=None: an administrator if and only if no user exists yet, decided atomically
+        (several first registrations at once make one administrator)."""
 
     @abstractmethod
     async def get_user(self, id: int) -> User | None: ...

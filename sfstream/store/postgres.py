@@ -17,6 +17,7 @@ _TOKEN_COLUMNS = "id, family_id, user_id, token_hash, expires_at, created_at, us
 # pg_advisory_xact_lock key that serialises migrations of every sfstream process sharing
 # the database (any constant; this one is b"sfstream" read as a signed 64-bit integer).
 _MIGRATION_LOCK = int.from_bytes(b"sfstream", "big", signed=True)
+_FIRST_USER_LOCK = _MIGRATION_LOCK + 1  # serialises "is this the first user?" decisions
 
 
 def _user(row: asyncpg.Record | None) -> User | None:
@@ -28,11 +29,15 @@ def _token(row: asyncpg.Record | None) -> RefreshToken | None:
 
 
 _USER_COLUMNS_U = ", ".join(f"u.{column.strip()}" for column in _USER_COLUMNS.split(","))  # for joins
-# A category's viewers are those of its live streams now, summed at read time: the stored
-# categories.viewers_count column would need updating on every viewer change.
+# A category's viewers are those of its public live streams now, summed at read time: the stored
+# categories.viewers_count column would need updating on every viewer change. Without a
+# thumbnail of its own, a category shows its most watched public live stream's.
 _CATEGORY_COLUMNS = (
-    "categories.id, name, description, thumbnail, (SELECT coalesce(sum(s.viewers_count), 0) FROM streams s "
-    "WHERE s.category_id = categories.id AND s.is_live) AS viewers_count, created_at, updated_at"
+    "categories.id, name, description, "
+    "coalesce(thumbnail, (SELECT s.thumbnail FROM streams s WHERE s.category_id = categories.id AND s.is_live "
+    "AND NOT s.is_private AND s.thumbnail IS NOT NULL ORDER BY s.viewers_count DESC, s.id LIMIT 1)) AS thumbnail, "
+    "(SELECT coalesce(sum(s.viewers_count), 0) FROM streams s "
+    "WHERE s.category_id = categories.id AND s.is_live AND NOT s.is_private) AS viewers_count, created_at, updated_at"
 )
 
 
@@ -92,12 +97,20 @@ class PostgresStore(PostgresStreams, Store):
         return applied
 
     # --- users ---
-    async def create_user(self, username: str, email: str, password_hash: str, *, is_admin: bool = False) -> User:
-        return _user(await self._fetchrow(
-            f"INSERT INTO users (username, email, password_hash, is_admin) VALUES ($1, $2, $3, $4) "
-            f"RETURNING {_USER_COLUMNS}",
-            username, email, password_hash, is_admin,
-        ))
+    async def create_user(self, username: str, email: str, password_hash: str, *,
+                          is_admin: bool | None = False) -> User:
+        sql = (f"INSERT INTO users (username, email, password_hash, is_admin) "
+               f"VALUES ($1, $2, $3, coalesce($4, NOT EXISTS (SELECT 1 FROM users))) RETURNING {_USER_COLUMNS}")
+        if is_admin is not None:
+            return _user(await self._fetchrow(sql, username, email, password_hash, is_admin))
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                # Concurrent first registrations queue here; each INSERT then sees the rows
+                # committed before it (READ COMMITTED takes a snapshot per statement).
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _FIRST_USER_LOCK)
+                return _user(await conn.fetchrow(sql, username, email, password_hash, None))
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise _integrity_error(exc) from exc
 
     async def get_user(self, id: int) -> User | None:
         return _user(await self._fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", id))

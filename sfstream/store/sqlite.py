@@ -38,12 +38,16 @@ def _token(row: sqlite3.Row | None) -> RefreshToken | None:
 
 
 _USER_COLUMNS_U = ", ".join(f"u.{column.strip()}" for column in _USER_COLUMNS.split(","))  # for joins
-# A category's viewers are those of its live streams now, summed at read time: the stored
-# categories.viewers_count column would need updating on every viewer change.
+# A category's viewers are those of its public live streams now, summed at read time: the stored
+# categories.viewers_count column would need updating on every viewer change. Without a
+# thumbnail of its own, a category shows its most watched public live stream's.
 # Written with the table's own name, not an alias: SQLite's RETURNING does not see aliases.
 _CATEGORY_COLUMNS = (
-    "categories.id, name, description, thumbnail, (SELECT coalesce(sum(s.viewers_count), 0) FROM streams s "
-    "WHERE s.category_id = categories.id AND s.is_live = 1) AS live_viewers, created_at, updated_at"
+    "categories.id, name, description, "
+    "coalesce(thumbnail, (SELECT s.thumbnail FROM streams s WHERE s.category_id = categories.id AND s.is_live = 1 "
+    "AND s.is_private = 0 AND s.thumbnail IS NOT NULL ORDER BY s.viewers_count DESC, s.id LIMIT 1)), "
+    "(SELECT coalesce(sum(s.viewers_count), 0) FROM streams s "
+    "WHERE s.category_id = categories.id AND s.is_live = 1 AND s.is_private = 0) AS live_viewers, created_at, updated_at"
 )
 
 
@@ -87,6 +91,10 @@ async def _enable_wal(db: aiosqlite.Connection, timeout: float) -> None:
             await asyncio.sleep(0.01)
 
 
+def _unicode_lower(text):
+    return text.lower() if isinstance(text, str) else text
+
+
 class SQLiteStore(SQLiteStreams, Store):
     """One aiosqlite connection (its own thread). An asyncio.Lock serialises our use of it, so
     one coroutine's transaction never swallows another coroutine's statements."""
@@ -108,6 +116,8 @@ class SQLiteStore(SQLiteStreams, Store):
             await _enable_wal(db, busy_timeout)  # readers do not block the writer
             await db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fsync per checkpoint, not per commit
             await db.execute("PRAGMA foreign_keys=ON")  # off by default in SQLite, per connection
+            # SQLite's lower() folds ASCII only; searches must fold "École" like PostgreSQL does.
+            await db.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
             store = cls(db)
             await store.migrate()
         except BaseException:
@@ -169,12 +179,15 @@ class SQLiteStore(SQLiteStreams, Store):
         return applied
 
     # --- users ---
-    async def create_user(self, username: str, email: str, password_hash: str, *, is_admin: bool = False) -> User:
+    async def create_user(self, username: str, email: str, password_hash: str, *,
+                          is_admin: bool | None = False) -> User:
         ts = _ts(now())
+        # One statement: SQLite runs it under its write lock, so "no user yet" cannot change
+        # between the check and the insert.
         row, _ = await self._write(
             f"INSERT INTO users (username, email, password_hash, is_admin, created_at, updated_at) "
-            f"VALUES (?, ?, ?, ?, ?, ?) RETURNING {_USER_COLUMNS}",
-            (username, email, password_hash, int(is_admin), ts, ts),
+            f"VALUES (?, ?, ?, coalesce(?, NOT EXISTS (SELECT 1 FROM users)), ?, ?) RETURNING {_USER_COLUMNS}",
+            (username, email, password_hash, None if is_admin is None else int(is_admin), ts, ts),
         )
         return _user(row)
 

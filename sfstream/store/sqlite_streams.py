@@ -210,7 +210,7 @@ class SQLiteStreams:
             params.append(category_id)
         if search:
             # instr, not LIKE: no wildcard characters to escape in what the user typed
-            where.append("instr(lower(s.title), lower(?)) > 0")
+            where.append("instr(unicode_lower(s.title), unicode_lower(?)) > 0")
             params.append(search)
         if not include_private:
             where.append("(s.is_private = 0 OR s.user_id = ?)")
