@@ -7,6 +7,7 @@ and `serve()` adds signal handling for the CLI.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import logging
 import signal
@@ -86,9 +87,11 @@ def create_app(settings: Settings) -> web.Application:
 
     def package(live: LiveStream) -> None:
         stream = hls.attach(live)
-        if transcode.ladder or transcode.thumbnail_interval > 0:
+        own = broadcasts.ladder_for(live.name)
+        chosen = transcode if own is None else dataclasses.replace(transcode, ladder=parse_ladder(own))
+        if chosen.ladder or chosen.thumbnail_interval > 0:
             # After the packager among the consumers: the source is never held up by the ladder.
-            live.consumers.append(Transcoder(live.name, transcode, stream, asyncio.get_running_loop(),
+            live.consumers.append(Transcoder(live.name, chosen, stream, asyncio.get_running_loop(),
                                              on_thumbnail=broadcasts.on_thumbnail))
 
     registry.on_publish.append(package)

@@ -81,6 +81,7 @@ class Broadcasts:
         # name -> (user id, key HMAC) of the key just accepted for it, or None for a static key:
         # authorize() sets it and on_publish() takes it, with no await between the two.
         self._grants: dict[str, tuple[int, str] | None] = {}
+        self._ladders: dict[str, str | None] = {}  # name -> the user's own ladder, same lifetime
         self.static_names = {n.lower() for n in settings.stream_keys.values()}
         self._lifecycle = asyncio.Lock()  # start/end records one at a time: an end never overtakes a start
         self._touched: dict[tuple[str, str], float] = {}
@@ -98,6 +99,7 @@ class Broadcasts:
         name = self.settings.stream_keys.get(key)
         if name is not None:
             self._grants[name] = None
+            self._ladders.pop(name, None)
             return name
         if self.store is None or not key:
             return None
@@ -110,7 +112,13 @@ class Broadcasts:
             # static key was configured cannot broadcast there.
             return None
         self._grants[user.username] = (user.id, channel.stream_key_hmac)
+        self._ladders[user.username] = channel.ladder
         return user.username
+
+    def ladder_for(self, name: str) -> str | None:
+        """The ladder an administrator set for the user publishing `name` (None: the server's).
+        Asked while the publish is being accepted, before on_publish."""
+        return self._ladders.pop(name, None)
 
     def on_publish(self, live: LiveStream) -> None:
         """Registry hook: a publish was accepted (before any media)."""

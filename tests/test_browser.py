@@ -37,14 +37,14 @@ def require_browser() -> str:
 
 
 @asynccontextmanager
-async def publishing(server, seconds: float):
+async def publishing(server, seconds: float, size: str = "640x360", preset: str = "veryfast"):
     """ffmpeg publishes a test pattern in real time for `seconds`; always stopped and reaped on exit."""
     proc = await asyncio.create_subprocess_exec(
         require("ffmpeg"), "-nostdin", "-v", "error", "-re",
-        "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
         "-t", str(seconds),
-        "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p",
+        "-c:v", "libx264", "-preset", preset, "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p",
         "-c:a", "aac", "-b:a", "96k", "-f", "flv", f"{server.rtmp_url}/{KEY}",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
@@ -107,11 +107,11 @@ async def watch(server, seconds: int = PLAY_SECONDS, *args: str) -> dict:
     return report
 
 
-def playback_summary(report: dict) -> str:
-    """What to print when an assertion fails: the summary, the errors and a few samples."""
+def playback_summary(report: dict, *more: str) -> str:
+    """What to print when an assertion fails: the summary, the errors and a few samples (and `more` keys)."""
+    keys = ("summary", "errors", "frags", "levelDetails", "video", "console", "pageErrors", *more)
     return json.dumps(
-        {k: report.get(k) for k in ("summary", "errors", "frags", "levelDetails", "video", "console", "pageErrors")}
-        | {"samples": report["samples"][:3] + report["samples"][-3:]},
+        {k: report.get(k) for k in keys} | {"samples": report["samples"][:3] + report["samples"][-3:]},
         indent=1,
     )
 
@@ -199,3 +199,91 @@ async def test_hlsjs_keeps_playing_across_publisher_reconnect(server):
     # One discontinuity in the stream's history: the reconnect (it may have left the window by now).
     seg = stream.renditions["source"].segmenter
     assert seg.discontinuities_before(seg.next_msn) == 1
+
+
+# The ladder on (tests default to source only): a 1280x720 source gives source (720), 480p and 360p.
+# ultrafast and no shedding, as in tests/test_transcode.py: a loaded machine changes timing, not outcomes.
+LADDER = dict(ladder="480p,360p", transcode_preset="ultrafast", transcode_max_lag=1000.0,
+              thumbnail_interval=0, hls_segment_duration=1.0)
+LADDER_HEIGHTS = [720, 480, 360]
+SWITCH_PLAY_SECONDS = 20
+SWITCH_AT = 6
+
+
+async def test_hlsjs_switches_rendition_when_told(make_server):
+    """hls.js plays the ladder, and `hls.currentLevel = lowest` makes it load and play the 360p rendition."""
+    require_browser()
+    server = await make_server(**LADDER)
+    async with publishing(server, SWITCH_PLAY_SECONDS + 45, size="1280x720", preset="ultrafast") as ffmpeg:
+        # Every rendition has segments before the player starts, so the multivariant lists them all.
+        source = await server.wait_for_segments(NAME, 2, timeout=30)
+        stream = server.server.app[HLS_OUTPUT].get(NAME)
+        expected = {"source", "480p", "360p"}
+        ready = await source.wait_until(
+            lambda: expected <= set(stream.renditions)
+            and all(len(stream.renditions[n].segmenter.segments) >= 2 for n in expected),
+            30,
+        )
+        assert ready, {n: len(r.segmenter.segments) for n, r in stream.renditions.items()}
+        report = await play(
+            f"{server.http_url}/hls/{NAME}/index.m3u8", SWITCH_PLAY_SECONDS,
+            "--switch-to", "lowest", "--switch-at", str(SWITCH_AT),
+            # Start on the top level: the switch to the lowest is then a real switch, whatever ABR does.
+            "--hls-config", json.dumps({"startLevel": len(LADDER_HEIGHTS) - 1}),
+        )
+        assert ffmpeg.returncode is None, "the publisher ended during playback"
+
+    info = playback_summary(report, "levels", "levelsUpdated", "levelSwitchRequests", "levelSwitches")
+    assert report["hlsSupported"], info
+    assert not report["pageCrashed"], info
+    fatal = [e for e in report["errors"] if e["fatal"]]
+    assert not fatal, f"fatal hls.js errors: {fatal}\n{info}"
+
+    # hls.js parsed the whole ladder (hls.levels is sorted by bitrate: lowest first).
+    levels = report["levels"]
+    assert sorted((lv["height"] for lv in levels), reverse=True) == LADDER_HEIGHTS, info
+    assert not report["levelsUpdated"], "hls.js dropped a level: " + info
+    lowest = min(range(len(levels)), key=lambda i: levels[i]["height"])
+    assert levels[lowest]["height"] == 360, info
+    assert f"/hls/{NAME}/360p/" in levels[lowest]["url"], info  # our rendition names
+
+    # The request went in while hls.js was on another level.
+    [request] = report["levelSwitchRequests"]
+    assert request["done"] and request["level"] == lowest and request["height"] == 360, info
+    assert request["before"]["currentLevel"] != lowest, "nothing to switch: already on the lowest level: " + info
+    assert request["after"]["autoLevelEnabled"] is False, info  # a manual level: ABR is off
+
+    # hls.js switched to it (LEVEL_SWITCHED) and stayed there.
+    switches = [s for s in report["levelSwitches"] if s["afterRequests"] >= 1]
+    assert switches and switches[0]["level"] == lowest and switches[0]["height"] == 360, info
+    assert all(s["level"] == lowest for s in switches), info
+
+    # The main (muxed) fragments and parts: before the switch from other levels, after it from 360p,
+    # and the player loaded parts (still low-latency mode) after the switch.
+    assert report["fragLoadsDropped"] == 0, info
+    main = [f for f in report["fragLoads"] if f["type"] == "main"]
+    before = [f for f in main if f["afterRequests"] == 0]
+    after = [f for f in main if f["afterRequests"] >= 1]
+    loads = json.dumps([(f["afterRequests"], f["level"], f["sn"], f["part"]) for f in main])
+    assert before and any(f["level"] != lowest for f in before), f"{loads}\n{info}"
+    assert after, "nothing loaded after the switch: " + loads + "\n" + info
+    on_lowest = [f for f in after if f["level"] == lowest]
+    assert len(on_lowest) >= 5, f"{loads}\n{info}"
+    # Once the first 360p load came in, every later load was 360p (an in-flight load of the old
+    # level may still land right after the request).
+    first = after.index(on_lowest[0])
+    assert all(f["level"] == lowest for f in after[first:]), f"{loads}\n{info}"
+    assert any(f["part"] is not None for f in on_lowest), "no parts of 360p loaded: " + loads + "\n" + info
+    assert report["frags"]["parts"] > 0, info
+
+    # The video element plays on after the switch, showing the 360p picture.
+    samples = report["samples"]
+    assert len(samples) == SWITCH_PLAY_SECONDS, info
+    later = [s for s in samples if s["t"] > request["t"]]
+    assert len(later) >= 2, info
+    times = [s["currentTime"] for s in later]
+    assert times[-1] > times[0] and times[-1] > request["currentTime"], f"currentTime stopped: {times}\n{info}"
+    assert later[-1]["currentLevel"] == lowest, info
+    assert not later[-1]["paused"] and later[-1]["readyState"] >= 3, info
+    assert (later[-1]["videoWidth"], later[-1]["videoHeight"]) == (640, 360), info
+    assert report["endlist"] is False, info

@@ -237,19 +237,19 @@ async def test_seeded_categories(store):
 
 async def test_migrations_recorded_and_idempotent(store, database_url, tmp_path):
     versions = await raw_execute(store, "SELECT version, applied_at FROM schema_version")
-    assert sorted(v for v, _ in versions) == [1, 2]
+    assert sorted(v for v, _ in versions) == [1, 2, 3]
     assert all(applied_at is not None for _, applied_at in versions)
     assert await store.migrate() == []
     async with await open_store(database_url, data_dir=tmp_path) as again:  # a second start-up
         assert await again.migrate() == []
-    assert sorted(await raw_execute(store, "SELECT version FROM schema_version")) == [(1,), (2,)]
+    assert sorted(await raw_execute(store, "SELECT version FROM schema_version")) == [(1,), (2,), (3,)]
     assert len(await raw_execute(store, "SELECT id FROM categories")) == len(SEEDED_CATEGORIES)
 
 
 async def test_concurrent_first_start_applies_migrations_once(empty_database_url, tmp_path):
     stores = await asyncio.gather(*(open_store(empty_database_url, data_dir=tmp_path) for _ in range(3)))
     try:
-        assert sorted(await raw_execute(stores[0], "SELECT version FROM schema_version")) == [(1,), (2,)]
+        assert sorted(await raw_execute(stores[0], "SELECT version FROM schema_version")) == [(1,), (2,), (3,)]
         assert len(await raw_execute(stores[0], "SELECT id FROM categories")) == len(SEEDED_CATEGORIES)
     finally:
         for s in stores:

@@ -3,6 +3,7 @@ threads, the LL-HLS packager serves every rendition; ffprobe and our fMP4 parser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from urllib.parse import urljoin
@@ -16,6 +17,7 @@ from sfstream.broadcasts import BROADCASTS
 from sfstream.hls.routes import HLS_OUTPUT
 from sfstream.rtmp.client import FLVTag, Publisher, read_flv
 
+from .apiclient import api_factory  # noqa: F401  (fixture)
 from .conftest import KEY, NAME, require, run, streams_by_type
 from .test_fmp4 import parse_fragment
 
@@ -182,3 +184,32 @@ async def test_overload_sheds_the_tallest_rung(make_server, tmp_path, caplog):
     async with aiohttp.ClientSession() as http:
         master = m3u8.loads(await get(http, f"{server.http_url}/hls/{NAME}/index.m3u8"))
     assert [p.stream_info.resolution for p in master.playlists] == [(854, 480)]  # shed: not offered
+
+
+async def test_admin_sets_a_users_ladder(api_factory, tmp_path):
+    api = await api_factory(**{**LADDER, "thumbnail_interval": 0})
+    admin = (await api.register("root_user"))["access_token"]  # the first account: an administrator
+    bob = (await api.register("bob"))["access_token"]
+    assert (await api.call("PUT", "/users/bob/ladder", token=bob, json={"ladder": "360p"}))[0] == 403
+    status, err, _ = await api.call("PUT", "/users/bob/ladder", token=admin, json={"ladder": "999x"})
+    assert status == 422 and "ladder" in err["error"]["fields"]
+    assert (await api.call("PUT", "/users/nobody/ladder", token=admin, json={"ladder": None}))[0] == 404
+    status, body, _ = await api.call("PUT", "/users/bob/ladder", token=admin, json={"ladder": "360p"})
+    assert status == 200 and body == {"ladder": "360p"}
+
+    status, key, _ = await api.call("GET", "/stream/key", token=bob)
+    pub = Publisher(f"{key['rtmp_url']}/{key['stream_key']}")
+    await pub.connect()
+    playing = asyncio.ensure_future(pub.play(read_flv(await make_flv(tmp_path, "854x480", 4, "sd")), loops=10))
+    hls = await api.server.app[HLS_OUTPUT].wait_for_stream("bob", 30)
+    assert await hls.source.wait_until(lambda: len(hls.renditions) == 2 and hls.has_segments(), 30)
+    stream_id = api.server.app[BROADCASTS].by_name["bob"].stream_id
+    status, stream, _ = await api.call("GET", f"/streams/{stream_id}")
+    assert status == 200
+    # the server's default ladder (1080p,720p,480p) has nothing below a 480p source; bob's has 360p
+    assert [(r["name"], r["width"], r["height"], r["active"]) for r in stream["renditions"]] == [
+        ("source", 854, 480, True), ("360p", 640, 360, True)]
+    playing.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+        await playing
+    await pub.close()

@@ -66,6 +66,7 @@ ROUTES = [
     ("GET", "/streams/{id:[0-9]{1,18}}/statistics", streams.stream_statistics),
     ("GET", "/users/{username:[A-Za-z0-9_]{1,64}}/streams", streams.user_streams),
     ("GET", "/users/{username:[A-Za-z0-9_]{1,64}}/statistics", streams.user_statistics),
+    ("PUT", "/users/{username:[A-Za-z0-9_]{1,64}}/ladder", streams.set_user_ladder),
     ("GET", "/categories/{id:[0-9]{1,18}}/streams", streams.category_streams),
 ]
 

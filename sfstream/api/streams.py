@@ -10,9 +10,11 @@ from aiohttp_apigami import docs, querystring_schema, request_schema
 from marshmallow import Schema, fields, validate
 
 from ..broadcasts import BROADCASTS, Broadcasts, viewer_group
+from ..hls.routes import HLS_OUTPUT
 from ..statistics import summarize
 from ..store import NotFound, Stream, User
 from ..streamkeys import InvalidPlaybackToken, UnreadableKey
+from ..transcode.ladder import parse_ladder
 from .context import API_SETTINGS, BUS, STORE, authenticate, load_json
 from .errors import APIError
 from .pagination import PageQuerySchema, load_query, page_json
@@ -40,6 +42,12 @@ class BroadcastFieldsSchema(StrictSchema):
     is_private = fields.Boolean(truthy={True}, falsy={False})  # JSON true/false only, not "yes"
 
 
+class LadderSchema(StrictSchema):
+    ladder = fields.String(required=True, allow_none=True, validate=validate.Length(max=200),
+                           metadata={"description": 'e.g. "720p,480p" or "720p@2500k,360p"; "none": source only; '
+                                                    "null: the server's --ladder"})
+
+
 class StreamSettingsSchema(Schema):
     title = fields.String(required=True)
     description = fields.String(required=True)
@@ -58,6 +66,14 @@ class StreamCategorySchema(Schema):
     name = fields.String(required=True)
 
 
+class RenditionSchema(Schema):
+    name = fields.String(required=True, metadata={"description": "source, or a ladder rung like 720p"})
+    width = fields.Integer(required=True, allow_none=True)
+    height = fields.Integer(required=True, allow_none=True)
+    bandwidth = fields.Integer(required=True, metadata={"description": "peak bits/s of its segments"})
+    active = fields.Boolean(required=True, metadata={"description": "false: shed for lack of CPU"})
+
+
 class StreamSchema(Schema):
     id = fields.Integer(required=True)
     user = fields.Nested(StreamUserSchema, required=True)
@@ -74,6 +90,8 @@ class StreamSchema(Schema):
     updated_at = fields.DateTime(required=True)
     hls_url = fields.String(required=True, allow_none=True,
                             metadata={"description": "multivariant playlist while live (private: add ?token=)"})
+    renditions = fields.List(fields.Nested(RenditionSchema),
+                             metadata={"description": "GET /streams/{id} of a live stream served by this instance"})
 
 
 class StreamPageSchema(Schema):
@@ -371,7 +389,17 @@ async def list_streams(request: web.Request) -> web.Response:
 @querystring_schema(TokenQuerySchema)
 async def get_stream(request: web.Request) -> web.Response:
     token = load_query(request, TokenQuerySchema()).get("token")
-    return web.json_response(stream_json(await _visible_stream(request, token)))
+    stream = await _visible_stream(request, token)
+    body = stream_json(stream)
+    hls = request.config_dict[HLS_OUTPUT].get(stream.username) if stream.is_live else None
+    if hls is not None:
+        body["renditions"] = [
+            {"name": r.name, "width": v.width if v else None, "height": v.height if v else None,
+             "bandwidth": r.bandwidth()[0], "active": not r.shed}
+            for r in hls.renditions.values()
+            for v in [(r.segmenter.init.video if r.segmenter.init else None)]
+        ]
+    return web.json_response(body)
 
 
 @docs(tags=["streams"], summary="Change a stream (title, description, category, privacy)", security=_BEARER,
@@ -516,3 +544,33 @@ async def user_statistics(request: web.Request) -> web.Response:
         "followers_count": user.followers_count,
         "followers_over_time": series,
     })
+
+
+# ---------------------------------------------------------------- administration
+
+
+@docs(tags=["stream"], summary="Set a user's own transcoding ladder (administrators)",
+      description="Applies from the user's next publish.", security=_BEARER,
+      responses={200: {"schema": LadderSchema, "description": "the ladder now"},
+                 403: {"schema": ErrorSchema, "description": "not an administrator"},
+                 404: {"schema": ErrorSchema, "description": "no such user"}, **JSON_BODY_ERRORS, **_AUTH})
+@request_schema(LadderSchema, required=True)
+async def set_user_ladder(request: web.Request) -> web.Response:
+    admin, _ = await authenticate(request)
+    if not admin.is_admin:
+        raise APIError(403, "forbidden", "administrators only")
+    body = await load_json(request, LadderSchema())
+    ladder = body["ladder"]
+    if ladder is not None:
+        try:
+            parse_ladder(ladder)
+        except ValueError as exc:
+            raise APIError(422, "validation_failed", "invalid fields", {"ladder": [str(exc)]}) from None
+    store = request.config_dict[STORE]
+    user = await store.get_user_by_username(request.match_info["username"])
+    if user is None:
+        raise APIError(404, "not_found", "no such user")
+    await _channel(request, user)
+    channel = await store.update_channel(user.id, {"ladder": ladder})
+    log.info("admin %d set the ladder of user %d", admin.id, user.id)
+    return web.json_response({"ladder": channel.ladder})

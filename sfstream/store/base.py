@@ -122,8 +122,9 @@ class Store(ABC):
 
     @abstractmethod
     async def update_channel(self, user_id: int, changes: dict) -> Channel:
-        """Change title / description / category_id / is_private (keys present in `changes`;
-        category_id may be None). NotFound if the user has no channel or the category is unknown."""
+        """Change title / description / category_id / is_private / ladder (keys present in
+        `changes`; category_id and ladder may be None). NotFound if the user has no channel or
+        the category is unknown."""
 
     # --- streams (broadcasts) ---
     @abstractmethod

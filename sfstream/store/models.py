@@ -57,6 +57,7 @@ class Channel:
     is_private: bool
     created_at: datetime
     updated_at: datetime
+    ladder: str | None = None  # an administrator's per-user ladder (None: the server's)
 
 
 @dataclass(frozen=True, slots=True)

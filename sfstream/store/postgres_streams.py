@@ -12,7 +12,7 @@ from .postgres_common import _integrity_error
 
 _CHANNEL_COLUMNS = (
     "user_id, stream_key_ciphertext, stream_key_hmac, title, description, category_id, is_private, "
-    "created_at, updated_at"
+    "created_at, updated_at, ladder"
 )
 _STREAM_SELECT = (
     "SELECT s.id, s.user_id, s.title, s.description, s.thumbnail, s.category_id, s.is_live, s.viewers_count, "
@@ -25,7 +25,7 @@ _SORTS = {
     "started": "s.started_at DESC NULLS LAST, s.id DESC",
     "created": "s.created_at DESC, s.id DESC",
 }
-_CHANNEL_FIELDS = ("title", "description", "category_id", "is_private")
+_CHANNEL_FIELDS = ("title", "description", "category_id", "is_private", "ladder")
 _STREAM_FIELDS = ("title", "description", "category_id", "is_private", "thumbnail")
 
 

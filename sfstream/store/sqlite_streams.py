@@ -11,7 +11,7 @@ from .sqlite_common import _dt, _integrity_error, _ts
 
 _CHANNEL_COLUMNS = (
     "user_id, stream_key_ciphertext, stream_key_hmac, title, description, category_id, is_private, "
-    "created_at, updated_at"
+    "created_at, updated_at, ladder"
 )
 _STREAM_SELECT = (
     "SELECT s.id, s.user_id, s.title, s.description, s.thumbnail, s.category_id, s.is_live, s.viewers_count, "
@@ -24,7 +24,7 @@ _SORTS = {
     "started": "s.started_at DESC, s.id DESC",
     "created": "s.created_at DESC, s.id DESC",
 }
-_CHANNEL_FIELDS = ("title", "description", "category_id", "is_private")
+_CHANNEL_FIELDS = ("title", "description", "category_id", "is_private", "ladder")
 _STREAM_FIELDS = ("title", "description", "category_id", "is_private", "thumbnail")
 
 
@@ -34,7 +34,7 @@ def _channel(row: sqlite3.Row | None) -> Channel | None:
     return Channel(
         user_id=row[0], stream_key_ciphertext=bytes(row[1]), stream_key_hmac=row[2], title=row[3],
         description=row[4], category_id=row[5], is_private=bool(row[6]), created_at=_dt(row[7]),
-        updated_at=_dt(row[8]),
+        updated_at=_dt(row[8]), ladder=row[9],
     )
 
 

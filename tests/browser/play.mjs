@@ -1,8 +1,14 @@
 #!/usr/bin/env node
 // Play an HLS URL with hls.js in headless Chromium and report what happened, as ONE JSON object on stdout.
 //
-//   node play.mjs --url URL [--seconds N] [--level K --switch-at S] [--low-latency true|false]
-//                 [--hls-config JSON] [--timeout SECONDS] [--chromium PATH]
+//   node play.mjs --url URL [--seconds N] [--level K | --switch-to lowest|highest|HEIGHT] [--switch-at S]
+//                 [--low-latency true|false] [--hls-config JSON] [--timeout SECONDS] [--chromium PATH]
+//
+// --level K / --switch-to: S seconds into playback (--switch-at), set hls.currentLevel to level index K,
+// or to the level chosen by height among those hls.js parsed (the lowest, the highest, or the one HEIGHT
+// pixels tall). The report then has levelSwitchRequests (what was asked, and when), levelSwitches
+// (every LEVEL_SWITCHED: level index + height), fragLoads (every FRAG_LOADED in order: which level,
+// sn, part, and how many switch requests preceded it) and levels (what hls.js parsed).
 //
 // Exit status: 0 whenever the harness ran, even if playback failed (the caller judges the JSON);
 // non-zero only when the harness itself failed (bad arguments, the browser did not start, the hard
@@ -28,7 +34,8 @@ const CHROMIUM_ARGS = [
 
 function usage(message) {
   process.stderr.write(
-    `play.mjs: ${message}\nusage: node play.mjs --url URL [--seconds N] [--level K --switch-at S] ` +
+    `play.mjs: ${message}\nusage: node play.mjs --url URL [--seconds N] ` +
+      `[--level K | --switch-to lowest|highest|HEIGHT] [--switch-at S] ` +
       `[--low-latency true|false] [--hls-config JSON] [--timeout SECONDS] [--chromium PATH]\n`,
   );
   process.exit(64);
@@ -39,6 +46,7 @@ function parseArgs(argv) {
     url: null,
     seconds: 30,
     level: null,
+    switchTo: null,
     switchAt: null,
     lowLatency: true,
     hlsConfig: {},
@@ -63,6 +71,16 @@ function parseArgs(argv) {
       case '--url': opts.url = value(); break;
       case '--seconds': opts.seconds = number(value()); break;
       case '--level': opts.level = Math.trunc(number(value())); break;
+      case '--switch-to': {
+        const v = value().toLowerCase();
+        if (v === 'lowest' || v === 'highest') opts.switchTo = v;
+        else {
+          const h = Math.trunc(number(v));
+          if (h <= 0) usage(`--switch-to: expected lowest, highest or a height in pixels, got ${v}`);
+          opts.switchTo = h;
+        }
+        break;
+      }
       case '--switch-at': opts.switchAt = number(value()); break;
       case '--low-latency': {
         const v = value().toLowerCase();
@@ -81,7 +99,13 @@ function parseArgs(argv) {
   }
   if (!opts.url) usage('--url is required');
   if (opts.seconds <= 0) usage('--seconds must be > 0');
-  if ((opts.level === null) !== (opts.switchAt === null)) usage('--level and --switch-at go together');
+  if (opts.level !== null && opts.switchTo !== null) usage('--level and --switch-to exclude each other');
+  if ((opts.level === null && opts.switchTo === null) !== (opts.switchAt === null)) {
+    usage('--switch-at goes with --level or --switch-to');
+  }
+  if (opts.switchAt !== null && (opts.switchAt < 0 || opts.switchAt >= opts.seconds)) {
+    usage('--switch-at must be within [0, --seconds)');
+  }
   // Launch + page setup + close take a few seconds; the rest is headroom.
   if (opts.timeout === null) opts.timeout = opts.seconds + 45;
   return opts;
@@ -100,6 +124,10 @@ function setupPlayer({ url, hlsConfig }) {
     levelDetails: { first: null, last: null, loaded: 0, updated: 0, endlist: false },
     manifest: null,
     levelSwitches: [],
+    switchRequests: [],
+    fragLoads: [],
+    fragLoadsDropped: 0,
+    levelsUpdated: [],
     video: { playingAt: null, firstFrameAt: null, waiting: 0, rebuffers: 0, stalledEvents: 0, playRejected: null },
     mediaSupport: {},
   };
@@ -169,11 +197,31 @@ function setupPlayer({ url, hlsConfig }) {
     const p = video.play();
     if (p && p.catch) p.catch((err) => { rec.video.playRejected = String(err); });
   });
-  hls.on(E.LEVEL_SWITCHED, (_e, data) => { rec.levelSwitches.push({ t: now(), level: data.level }); });
+  const heightOf = (index) => (hls.levels && hls.levels[index] ? hls.levels[index].height : null);
+  hls.on(E.LEVEL_SWITCHED, (_e, data) => {
+    rec.levelSwitches.push({ t: now(), level: data.level, height: heightOf(data.level), afterRequests: rec.switchRequests.length });
+  });
   hls.on(E.FRAG_LOADED, (_e, data) => {
     if (rec.frags.firstAt === null) rec.frags.firstAt = now();
     if (data.part) rec.frags.parts++;
     else rec.frags.fragments++;
+    // Which level each fragment / part belongs to, in load order (bounded: ~10 loads/s in LL mode).
+    if (rec.fragLoads.length >= 5000) { rec.fragLoadsDropped++; return; }
+    const frag = data.frag;
+    rec.fragLoads.push({
+      t: now(),
+      type: frag.type, // 'main' (our muxed video+audio), 'audio', 'subtitle'
+      level: frag.level,
+      height: heightOf(frag.level),
+      sn: frag.sn,
+      part: data.part ? data.part.index : null,
+      independent: data.part ? !!data.part.independent : null,
+      afterRequests: rec.switchRequests.length,
+    });
+  });
+  // hls.js drops levels that fail for good (LEVELS_UPDATED): indices after that would mean something else.
+  hls.on(E.LEVELS_UPDATED, (_e, data) => {
+    rec.levelsUpdated.push({ t: now(), heights: data.levels.map((l) => l.height) });
   });
   hls.on(E.ERROR, (_e, data) => {
     if (rec.errors.length >= 200) return;
@@ -190,6 +238,43 @@ function setupPlayer({ url, hlsConfig }) {
   hls.loadSource(url);
   hls.attachMedia(video);
   return { hlsVersion: rec.hlsVersion, hlsSupported: rec.hlsSupported };
+}
+
+// Runs inside the page: sets hls.currentLevel, to index `level` or to the level chosen by height
+// (`to`: 'lowest', 'highest' or a height), and records the request (from then on, fragLoads and
+// levelSwitches count it in afterRequests).
+function requestLevel({ level, to }) {
+  const hls = window.__hls;
+  const rec = window.__rec;
+  const levels = hls && hls.levels ? hls.levels : [];
+  const before = hls ? { currentLevel: hls.currentLevel, loadLevel: hls.loadLevel, autoLevelEnabled: hls.autoLevelEnabled } : {};
+  let index = level;
+  if (to !== null && to !== undefined) {
+    const heights = levels.map((l) => l.height);
+    if (to === 'lowest') index = heights.length ? heights.indexOf(Math.min(...heights)) : -1;
+    else if (to === 'highest') index = heights.length ? heights.indexOf(Math.max(...heights)) : -1;
+    else index = heights.indexOf(to);
+  }
+  const request = {
+    seq: rec.switchRequests.length + 1,
+    to: to ?? null,
+    level: index,
+    height: levels[index] ? levels[index].height : null,
+    before,
+    fragLoadsBefore: rec.fragLoads.length,
+    currentTime: document.querySelector('video').currentTime,
+    done: false,
+  };
+  if (hls && index >= 0 && index < levels.length) {
+    rec.switchRequests.push(request); // first, so the loads this triggers already count it
+    hls.currentLevel = index;
+    request.done = true;
+    request.after = { currentLevel: hls.currentLevel, loadLevel: hls.loadLevel, autoLevelEnabled: hls.autoLevelEnabled };
+  } else {
+    request.error = `no such level (${levels.length} levels: heights ${levels.map((l) => l.height).join(',')})`;
+    rec.switchRequests.push(request);
+  }
+  return request;
 }
 
 // Runs inside the page once a second.
@@ -213,6 +298,9 @@ function sample() {
     bufferedEnd,
     bufferAhead: bufferedEnd === null ? null : bufferedEnd - video.currentTime,
     currentLevel: hls ? hls.currentLevel : null,
+    loadLevel: hls ? hls.loadLevel : null,
+    videoWidth: video.videoWidth,
+    videoHeight: video.videoHeight,
     readyState: video.readyState,
     paused: video.paused,
     playbackRate: video.playbackRate,
@@ -245,8 +333,12 @@ const result = {
   levelDetails: null,
   endlist: false,
   manifest: null,
+  levels: null,
+  levelsUpdated: [],
   levelSwitches: [],
   levelSwitchRequests: [],
+  fragLoads: [],
+  fragLoadsDropped: 0,
   video: null,
   console: [],
   pageErrors: [],
@@ -325,10 +417,10 @@ async function main() {
     if (due > Date.now()) await sleep(due - Date.now());
     if (finished || result.pageCrashed) break;
     const t = (Date.now() - t0) / 1000;
-    if (!switched && opts.level !== null && t >= opts.switchAt) {
+    if (!switched && opts.switchAt !== null && t >= opts.switchAt) {
       switched = true;
-      await page.evaluate((k) => { if (window.__hls) window.__hls.currentLevel = k; }, opts.level);
-      result.levelSwitchRequests.push({ t: round(t, 1), level: opts.level });
+      const request = await page.evaluate(requestLevel, { level: opts.level, to: opts.switchTo });
+      result.levelSwitchRequests.push({ t: round(t, 1), ...request });
     }
     const s = await page.evaluate(sample);
     const out = { t: round(t, 1) };
@@ -346,6 +438,16 @@ async function main() {
   result.endlist = rec.levelDetails.endlist;
   result.manifest = rec.manifest;
   result.levelSwitches = rec.levelSwitches;
+  result.fragLoads = rec.fragLoads;
+  result.fragLoadsDropped = rec.fragLoadsDropped;
+  result.levelsUpdated = rec.levelsUpdated;
+  // The levels hls.js parsed, by index (hls.levels is sorted by bitrate; the manifest order may differ).
+  result.levels = await page.evaluate(() =>
+    (window.__hls && window.__hls.levels ? window.__hls.levels : []).map((l, index) => ({
+      index, width: l.width, height: l.height, bitrate: l.bitrate, name: l.name ?? null,
+      url: Array.isArray(l.url) ? l.url[0] : l.url,
+    })),
+  );
   result.video = rec.video;
 
   const first = result.samples[0];
