@@ -438,7 +438,8 @@ async def run(args) -> dict:
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {k: getattr(args, k)
-                     for k in ("seconds", "warmup", "size", "fps", "gop", "bitrate", "segment", "part", "hls_config")},
+                     for k in ("seconds", "warmup", "size", "fps", "gop", "bitrate", "segment", "part", "hls_config",
+                               "rendition")},
         "event_loop": type(loop).__module__ + "." + type(loop).__name__,
         "machine": common.machine_info(),
         "sfstream_source": common.source_digest(),
@@ -447,8 +448,9 @@ async def run(args) -> dict:
     server = Server(settings)
     ffmpeg = node = None
     stop_polling = asyncio.Event()
-    poller = None
+    pollers = []
     recorder = None
+    recorders: dict = {}
     report = None
     window = (0.0, 0.0)
     part_target = args.part
@@ -469,9 +471,17 @@ async def run(args) -> dict:
         if stream is None:
             log_text = (run_dir / "ffmpeg.log").read_text(errors="replace")
             raise RuntimeError("ffmpeg's publish never started: " + log_text[-2000:])
-        rendition = stream.renditions["source"]
-        recorder = PartRecorder(rendition.segmenter)
-        poller = asyncio.ensure_future(poll_parts(recorder, stop_polling))
+        # --rendition: the first one is measured fully (the player should play it: --hls-config),
+        # the others server-side only. Ladder rungs appear once the transcoder has the source's config.
+        names = [n.strip() for n in args.rendition.split(",") if n.strip()] or ["source"]
+        deadline = time.monotonic() + 20
+        while missing := [n for n in names if n not in stream.renditions]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no rendition {', '.join(missing)} (there are {', '.join(stream.renditions)})")
+            await asyncio.sleep(0.01)
+        recorders = {n: PartRecorder(stream.renditions[n].segmenter) for n in names}
+        rendition, recorder = stream.renditions[names[0]], recorders[names[0]]
+        pollers = [asyncio.ensure_future(poll_parts(r, stop_polling)) for r in recorders.values()]
         seg = rendition.segmenter
         if not await rendition.wait_until(lambda: seg.next_msn >= 3, 30):
             raise RuntimeError("the stream did not reach two complete segments in 30 s")
@@ -514,8 +524,8 @@ async def run(args) -> dict:
                     await child.stop()
                 except BaseException as exc:  # keep cleaning up whatever happens
                     print(f"  stopping {child.name}: {exc!r}", file=sys.stderr)
-        if poller is not None:
-            await asyncio.gather(poller, return_exceptions=True)
+        if pollers:
+            await asyncio.gather(*pollers, return_exceptions=True)
         try:
             await server.stop()
         except BaseException as exc:
@@ -526,6 +536,8 @@ async def run(args) -> dict:
 
     result["server_log"] = {"warnings_or_errors": log_counter.count, "first": log_counter.first}
     result["analysis"] = analyse(args, recorder, report, window, wall_offset, part_target)
+    result["analysis_other_renditions"] = {n: analyse(args, r, None, window, wall_offset, part_target)
+                                           for n, r in recorders.items() if r is not recorder}
     if report is not None:
         result["player_report"] = report  # every sample and error, as play.mjs gave them
     result["parts"] = [
@@ -550,6 +562,9 @@ def main() -> int:
     ap.add_argument("--part", type=float, default=0.2, help="hls_part_duration, s (default 0.2)")
     ap.add_argument("--hls-config", default="", help="extra hls.js config as JSON (passed to play.mjs)")
     ap.add_argument("--server-only", action="store_true", help="no browser: server-side figures only")
+    ap.add_argument("--rendition", default="source",
+                    help="rendition(s) to record, e.g. 720p,480p,source (the server's ladder applies to a taller "
+                         "--size); the first gets the full analysis and should be the one played (default source)")
     ap.add_argument("--out", default="", help="JSON output path (default benchmarks/results/latency-<time>.json)")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = ap.parse_args()
@@ -600,6 +615,10 @@ def main() -> int:
     print(f"server: {a['parts']['count']} parts, {a['frames']['count']} video frames in the window; "
           f"first_arrival vs the part's first video frame: p50 {ms(gap['p50'])} ms, max {ms(gap['max'])} ms "
           f"(negative = first_arrival is later, the part wait reads low)")
+    for name, other in result["analysis_other_renditions"].items():
+        print(f"server, rendition {name}: part wait p50/p95 {ms(other['parts']['wait']['p50'])}/"
+              f"{ms(other['parts']['wait']['p95'])} ms, worst frame per part p50/p95 "
+              f"{ms(other['frames']['worst_per_part']['p50'])}/{ms(other['frames']['worst_per_part']['p95'])} ms")
     print(f"server log: {result['server_log']['warnings_or_errors']} warnings/errors; "
           f"system CPU during the run {result.get('cpu_percent_system', '?')} %, loadavg {result.get('loadavg_end')}")
     if result.get("ffmpeg_exited_early") is not None:

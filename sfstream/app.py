@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -18,12 +19,14 @@ from pathlib import Path
 from aiohttp import web
 
 from .api import setup_api
+from .api.ws import VIEWER_SOCKETS
 from .appkeys import BUS, STORE
 from .broadcasts import BROADCASTS, Broadcasts
 from .config import Settings, with_default_stream_key
 from .hls.live import HLSOutput, HLSSettings
 from .hls.routes import HLS_AUDIENCE, HLS_OUTPUT, add_routes as add_hls_routes
 from .media.live import LiveStream, StreamRegistry
+from .metrics import METRICS, Metrics, app_state, measure, metrics_endpoint
 from .rtmp.server import RTMPLimits, RTMPServer
 from .secret_key import load_secret_key
 from .transcode.ladder import parse_ladder
@@ -32,6 +35,7 @@ from .transcode.pipeline import TranscodeSettings, Transcoder
 log = logging.getLogger("sfstream")
 
 THUMBNAIL_DIR = "thumbnails"  # under the data dir
+READY_TIMEOUT = 2.0  # seconds /readyz waits for the database and Redis
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", StreamRegistry)
@@ -48,8 +52,9 @@ RTMP_LISTENER = web.AppKey("rtmp_listener", _RTMPListener)
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[measure])
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
     registry = StreamRegistry()
     app[REGISTRY] = registry
     hls = HLSOutput(
@@ -119,6 +124,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_rtmp_listener)
     app.cleanup_ctx.append(_hls_expiry)
     app.router.add_get("/thumbnails/{name:[A-Za-z0-9_.\\-]{1,64}}.jpg", thumbnail)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app[METRICS].add_state(app_state(app, registry_key=REGISTRY, rtmp_key=RTMP_SERVER, hls_key=HLS_OUTPUT,
+                                     broadcasts_key=BROADCASTS, sockets_key=VIEWER_SOCKETS, store_key=STORE))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
@@ -179,8 +187,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = request.app[RTMP_LISTENER].port != 0
-    return web.json_response({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
+    """Ready to serve: the listeners are up and the database and the bus (Redis) answer."""
+    checks = {"rtmp": "ok" if request.app[RTMP_LISTENER].port != 0 else "starting"}
+    for name, key in (("database", STORE), ("bus", BUS)):
+        try:
+            await asyncio.wait_for(request.app[key].ping(), READY_TIMEOUT)
+            checks[name] = "ok"
+        except Exception as exc:  # the reason, not the URL: it may hold a password
+            checks[name] = f"unavailable: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response({"status": "ready" if ready else "not ready", "checks": checks},
+                             status=200 if ready else 503)
 
 
 class Server:
@@ -236,6 +253,9 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     server = Server(settings)
     await server.start()
+    # What start-up made lives as long as the process: keep it out of the garbage collector's
+    # full passes, whose pauses grow with the objects they walk (ws_viewers benchmark).
+    gc.freeze()
     announce(server, key_file)
     await stop.wait()
     log.info("shutting down: ending live streams")

@@ -63,6 +63,7 @@ class Broadcast:
     thumbnail_recorded: bool = False
     failed: bool = False  # its record could not be written: nobody may watch
     finished_at: float | None = None  # monotonic time its end was recorded
+    viewers: int = 0  # at the last sample (metrics)
 
 
 class Broadcasts:
@@ -302,7 +303,8 @@ class Broadcasts:
             if b.stream_id is None or b.ended:
                 continue
             try:
-                await self.store.record_viewers(b.stream_id, now, await self.viewers(b.name))
+                b.viewers = await self.viewers(b.name)
+                await self.store.record_viewers(b.stream_id, now, b.viewers)
                 await self._check_still_allowed(b)
             except Exception:
                 log.exception("stream %r: could not record its viewer count", b.name)

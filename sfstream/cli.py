@@ -8,6 +8,7 @@ import logging
 import sys
 
 from . import __version__
+from . import logs
 from .config import ConfigError, Settings
 
 
@@ -118,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sfstream: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
     if args.command == "migrate":
         try:
             return _run(_migrate(settings))

@@ -75,6 +75,7 @@ class Settings:
         "", "Base URL printed for viewers and encoders (e.g. https://live.example.com); default from host/ports."
     )
     log_level: str = _setting("info", "Logging level: debug, info, warning, error.")
+    log_format: str = _setting("text", "Log lines as text, or json (one JSON object per line, for log shippers).")
     production: bool = _setting(
         False,
         "Production mode: refuse to start without a strong secret key (SFSTREAM_SECRET_KEY), mark cookies Secure.",
@@ -201,6 +202,8 @@ class Settings:
             raise ConfigError("hls_reconnect_grace, hls_linger: must not be negative")
         if self.hls_part_duration > self.hls_segment_duration:
             raise ConfigError("hls_part_duration: must not exceed hls_segment_duration")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format: text or json")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level: must be one of debug, info, warning, error")
         try:

@@ -17,6 +17,7 @@ from .. import __version__
 from ..broadcasts import BROADCASTS
 from ..bus import open_bus
 from ..config import Settings
+from ..logs import log_requests
 from ..secret_key import load_secret_key
 from ..store import open_store
 from . import auth, categories, follows, streams, users
@@ -138,7 +139,7 @@ def setup_api(app: web.Application, settings: Settings) -> None:
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_bus_ctx)
     app.on_startup.append(_warm_dummy_hash)
-    api = web.Application(middlewares=[security_headers, error_middleware, rate_limit])
+    api = web.Application(middlewares=[log_requests, security_headers, error_middleware, rate_limit])
     for prefix in PREFIXES:
         for method, path, handler in ROUTES:
             api.router.add_route(method, prefix + path, handler if prefix == PREFIXES[0] else _alias(handler))

@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp_apigami import docs, request_schema
 
 from ..broadcasts import BROADCASTS
+from ..logs import USER_ID
 from ..store import Conflict, User
 from .context import API_SETTINGS, BUS, STORE, TOKENS, authenticate, check_limit, client_ip, count_attempt, is_secure, load_json
 from .errors import APIError
@@ -63,6 +64,7 @@ def public_user_json(user: User) -> dict:
 
 async def _start_session(request: web.Request, user: User, status: int = 200, family: str | None = None) -> web.Response:
     """Issue an access token and a new refresh token (in `family`, or a new family)."""
+    request[USER_ID] = user.id  # for the request log line
     settings = request.config_dict[API_SETTINGS]
     access = request.config_dict[TOKENS].issue(user.id)
     refresh, refresh_hash = new_refresh_token()

@@ -10,6 +10,7 @@ from aiohttp import web
 from marshmallow import Schema, ValidationError
 
 from ..appkeys import BUS, STORE
+from ..logs import USER_ID
 from ..config import Settings
 from ..store import User
 from .errors import APIError
@@ -111,6 +112,7 @@ async def authenticate(request: web.Request) -> tuple[User, object]:
     user = await request.config_dict[STORE].get_user(access.user_id)
     if user is None:
         raise APIError(401, "invalid_token", "the user of this token no longer exists")
+    request[USER_ID] = user.id  # for the request log line
     return user, access
 
 

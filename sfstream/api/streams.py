@@ -410,9 +410,12 @@ async def update_stream(request: web.Request) -> web.Response:
     _, stream = await _owned_stream(request)
     body = await load_json(request, BroadcastFieldsSchema())
     await _category_exists(request, body.get("category_id"))
+    store = request.config_dict[STORE]
     try:
-        stream = await request.config_dict[STORE].update_stream(stream.id, body)
+        stream = await store.update_stream(stream.id, body)
     except NotFound:
+        if await store.get_stream(stream.id) is not None:  # the category went away meanwhile
+            raise APIError(422, "validation_failed", "invalid fields", {"category_id": ["no such category"]}) from None
         raise APIError(404, "not_found", "no such stream") from None
     live = _broadcasts(request).live_broadcast(stream.id)
     if live is not None:

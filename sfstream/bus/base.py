@@ -66,6 +66,9 @@ class Bus(ABC):
     async def forget(self, group: str) -> None:
         """Drop the group's presence and distinct members (a broadcast starts or ended)."""
 
+    async def ping(self) -> None:
+        """A round trip to the shared state (readiness); raises if it does not answer."""
+
     @abstractmethod
     async def close(self) -> None:
         """Release connections. The bus is not usable afterwards."""

@@ -156,5 +156,8 @@ class RedisBus(Bus):
     async def forget(self, group: str) -> None:
         await self.client.delete(self._presence(group), self._distinct(group))
 
+    async def ping(self) -> None:
+        await self.client.ping()
+
     async def close(self) -> None:
         await self.client.aclose()

@@ -4,10 +4,12 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
+import time
 from typing import Protocol
 
 from aiohttp import web
 
+from ..metrics import METRICS
 from . import playlist
 from .live import HLSOutput, HLSStream, Rendition
 
@@ -190,7 +192,10 @@ async def media_playlist(request: web.Request) -> web.Response:
             ready = lambda: r.has_part(msn, part) or seg.ended  # noqa: E731
         else:
             ready = lambda: r.has_segment(msn) or seg.ended  # noqa: E731
-        if not await r.wait_until(ready, _blocking_timeout(stream, r)):
+        started = time.monotonic()
+        answered = await r.wait_until(ready, _blocking_timeout(stream, r))
+        _observe_wait(request, "playlist", started)
+        if not answered:
             return _error(503, "not_yet_available", "the requested segment or part did not appear in time")
     resp = _response(r.playlist_bytes(stream.token, skip), M3U8, CACHE_PLAYLIST)
     if blocking:
@@ -200,7 +205,13 @@ async def media_playlist(request: web.Request) -> web.Response:
     return _privately(resp, request)
 
 
-async def _part(stream: HLSStream, r: Rendition, msn: int, index: int) -> web.Response:
+def _observe_wait(request: web.Request, kind: str, started: float) -> None:
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.blocking_wait.labels(kind).observe(time.monotonic() - started)
+
+
+async def _part(request: web.Request, stream: HLSStream, r: Rendition, msn: int, index: int) -> web.Response:
     seg = r.segmenter
     segment = seg.find_segment(msn)
     if segment is None or len(segment.parts) <= index:
@@ -214,7 +225,10 @@ async def _part(stream: HLSStream, r: Rendition, msn: int, index: int) -> web.Re
             s = seg.find_segment(msn)
             return seg.ended or (s is not None and (len(s.parts) > index or s.complete)) or seg.next_msn > msn + 1
 
-        if not await r.wait_until(settled, _blocking_timeout(stream, r)):
+        started = time.monotonic()
+        settled_in_time = await r.wait_until(settled, _blocking_timeout(stream, r))
+        _observe_wait(request, "part", started)
+        if not settled_in_time:
             return _error(503, "not_yet_available", "the part did not appear in time")
         segment = seg.find_segment(msn)
         if segment is None or len(segment.parts) <= index:
@@ -236,7 +250,7 @@ async def _media_file(request: web.Request) -> web.Response:
     filename = request.match_info["file"]
     m = _PART_RE.fullmatch(filename)
     if m and m.group(1) == stream.token:
-        return await _part(stream, r, int(m.group(2)), int(m.group(3)))
+        return await _part(request, stream, r, int(m.group(2)), int(m.group(3)))
     m = _SEG_RE.fullmatch(filename)
     if m and m.group(1) == stream.token:
         seg = r.segmenter.find_segment(int(m.group(2)))

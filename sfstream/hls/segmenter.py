@@ -105,6 +105,7 @@ class Segmenter:
         self._next_msn = 0
         self._next_init = 0
         self._fragment_seq = 1
+        self.parts_produced = 0  # monitoring
         self._discontinuity = False
         self._discontinuities = 0  # completed segments that start a discontinuity
         self._video: VideoConfig | None = None
@@ -365,6 +366,7 @@ class Segmenter:
             duration = sum(s.duration for s in self._a_samples) / self._audio.sample_rate
         data = media_fragment(self._fragment_seq, tracks)
         self._fragment_seq += 1
+        self.parts_produced += 1
         seg.parts.append(
             PartialSegment(seg.msn, len(seg.parts), duration, self._part_independent, data, self._part_first_arrival)
         )

@@ -68,6 +68,14 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    @abstractmethod
+    async def ping(self) -> None:
+        """A round trip to the database (readiness); raises if it does not answer."""
+
+    def pool_stats(self) -> tuple[int, int]:
+        """(connections open, connections in use) for monitoring."""
+        return (1, 0)
+
     async def __aenter__(self) -> Store:
         return self
 

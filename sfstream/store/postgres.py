@@ -49,6 +49,13 @@ class PostgresStore(PostgresStreams, Store):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")
+
+    def pool_stats(self) -> tuple[int, int]:
+        size = self._pool.get_size()
+        return size, size - self._pool.get_idle_size()
+
     @classmethod
     async def open(cls, dsn: str, *, pool_min: int = 1, pool_max: int = 10) -> PostgresStore:
         pool = await asyncpg.create_pool(dsn, min_size=pool_min, max_size=pool_max)

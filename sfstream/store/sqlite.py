@@ -125,6 +125,13 @@ class SQLiteStore(SQLiteStreams, Store):
             raise
         return store
 
+    async def ping(self) -> None:
+        await self._fetchone("SELECT 1")
+
+    def pool_stats(self) -> tuple[int, int]:
+        # One connection; "in use" while a coroutine holds it.
+        return 1, int(self._lock.locked())
+
     async def close(self) -> None:
         await self._db.close()
 

@@ -41,6 +41,7 @@ log = logging.getLogger("sfstream.transcode")
 MS = Fraction(1, 1000)  # RTMP timestamps are milliseconds; so are all our pts
 THUMBNAIL_WIDTH = 320
 SUBMIT_WAIT = 0.5  # seconds the decode thread waits for room in a rung's queue
+RATE_WINDOW = 5.0  # seconds over which a rung's real-time factor is measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +182,12 @@ class Transcoder:
         self._thread: threading.Thread | None = None
         self._video: VideoConfig | None = None
         self._dropping = False  # after a full decode queue: skip to the next keyframe
-        self.dropped_packets = 0
+        self.dropped_packets = 0  # source packets skipped, and frames a rung had no room for
+        self._rate: dict[str, tuple[float, int, float]] = {}  # rung -> (window start, its pts, rtf)
+        self._lag: dict[str, float] = {}
         self.finished = asyncio.Event()
         self.epoch = 0
+        self.failed = False  # the decode thread died: nothing more goes to it
 
     # ---------------------------------------------------------------- StreamConsumer (loop)
 
@@ -204,7 +208,7 @@ class Transcoder:
         self._put(video)
 
     def on_packet(self, packet: Packet) -> None:
-        if not packet.is_video or self._thread is None:
+        if not packet.is_video or self._thread is None or self.failed:
             return
         if self._dropping and not packet.keyframe:
             self.dropped_packets += 1
@@ -266,14 +270,33 @@ class Transcoder:
     def _deliver(self, name: str, kind: str, value) -> None:
         if kind == "packet":
             self.sink.rung_packet(name, value, self.epoch)
-            self._observe(name, time.monotonic() - value.arrival)
+            now = time.monotonic()
+            self._lag[name] = now - value.arrival
+            self._measure_rate(name, now, value.pts)
+            self._observe(name, self._lag[name])
         elif kind == "config":
             self.sink.rung_config(name, value, self.epoch)
         elif kind == "failed":
             self._set_shed(name, True)
         elif kind == "overloaded":
+            self.dropped_packets += 1
             # A full queue: about that many frames of backlog, plus the wait that failed.
             self._observe(name, self.settings.rung_queue / 30 + SUBMIT_WAIT)
+
+    def _measure_rate(self, name: str, now: float, pts: int) -> None:
+        start, start_pts, rtf = self._rate.get(name, (now, pts, 0.0))
+        elapsed = now - start
+        if elapsed >= 1.0:
+            rtf = (pts - start_pts) / 1000 / elapsed
+            if elapsed >= RATE_WINDOW:  # a new window, so the figure stays recent
+                start, start_pts = now, pts
+        self._rate[name] = (start, start_pts, rtf)
+
+    def rung_stats(self) -> dict[str, dict]:
+        """Per rung: recent real-time factor, lag, and whether it is encoded (metrics)."""
+        return {name: {"realtime_factor": self._rate.get(name, (0, 0, 0.0))[2],
+                       "lag": self._lag.get(name, 0.0), "active": enc.active}
+                for name, enc in self.encoders.items()}
 
     def _observe(self, name: str, lag: float) -> None:
         if self.shedder is None:
@@ -338,6 +361,7 @@ class Transcoder:
                     arrivals.clear()
         except Exception:
             log.exception("stream %r: decoder failed; the ladder stops", self.name)
+            self.failed = True
             for name in self.encoders:
                 self._emitter(name)("failed", None)
 
