@@ -223,6 +223,9 @@ class Server:
         # End the publishers first, so playlists get ENDLIST while HTTP still serves
         # them; then the HTTP site stops and the cleanup contexts run.
         await self.app[RTMP_SERVER].close()
+        # Broadcast ends recorded (and their websockets told) before the sockets and the
+        # database close.
+        await self.app[BROADCASTS].drain()
         await self.runner.cleanup()
 
 

@@ -49,6 +49,7 @@ class ViewerSockets:
         self.rooms: dict[int, Room] = {}
         self.connections = 0
         self.per_client: dict[str, int] = {}  # open sockets by client address
+        self._ending: set[asyncio.Task] = set()
 
     # -- messages
     @staticmethod
@@ -125,9 +126,15 @@ class ViewerSockets:
         """Broadcasts hook: say goodbye at once when a local broadcast ends."""
         room = self.rooms.get(b.stream_id) if b.stream_id is not None else None
         if room is not None:
-            asyncio.get_running_loop().create_task(self._end(room))
+            task = asyncio.get_running_loop().create_task(self._end(room))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
 
     async def close_all(self) -> None:
+        """Shutdown: rooms of ended broadcasts finish saying so; the others are told the
+        server is going away (1001), so clients reconnect elsewhere."""
+        if self._ending:
+            await asyncio.gather(*list(self._ending), return_exceptions=True)
         for room in list(self.rooms.values()):
             if room.task is not None:
                 room.task.cancel()

@@ -199,7 +199,9 @@ function setupPlayer({ url, hlsConfig }) {
   });
   const heightOf = (index) => (hls.levels && hls.levels[index] ? hls.levels[index].height : null);
   hls.on(E.LEVEL_SWITCHED, (_e, data) => {
-    rec.levelSwitches.push({ t: now(), level: data.level, height: heightOf(data.level), afterRequests: rec.switchRequests.length });
+    rec.levelSwitches.push({
+      t: now(), level: data.level, height: heightOf(data.level), afterRequests: rec.switchRequests.length,
+    });
   });
   hls.on(E.FRAG_LOADED, (_e, data) => {
     if (rec.frags.firstAt === null) rec.frags.firstAt = now();
@@ -247,7 +249,10 @@ function requestLevel({ level, to }) {
   const hls = window.__hls;
   const rec = window.__rec;
   const levels = hls && hls.levels ? hls.levels : [];
-  const before = hls ? { currentLevel: hls.currentLevel, loadLevel: hls.loadLevel, autoLevelEnabled: hls.autoLevelEnabled } : {};
+  const state = () => ({
+    currentLevel: hls.currentLevel, loadLevel: hls.loadLevel, autoLevelEnabled: hls.autoLevelEnabled,
+  });
+  const before = hls ? state() : {};
   let index = level;
   if (to !== null && to !== undefined) {
     const heights = levels.map((l) => l.height);
@@ -269,7 +274,7 @@ function requestLevel({ level, to }) {
     rec.switchRequests.push(request); // first, so the loads this triggers already count it
     hls.currentLevel = index;
     request.done = true;
-    request.after = { currentLevel: hls.currentLevel, loadLevel: hls.loadLevel, autoLevelEnabled: hls.autoLevelEnabled };
+    request.after = state();
   } else {
     request.error = `no such level (${levels.length} levels: heights ${levels.map((l) => l.height).join(',')})`;
     rec.switchRequests.push(request);
