@@ -144,3 +144,20 @@ async def test_readiness_checks_the_database_and_the_bus(api_factory):
             assert resp.status == 503
             body = await resp.json()
         assert body["checks"]["database"] == "unavailable: ConnectionError" and body["checks"]["bus"] == "ok"
+
+
+async def test_rtmp_session_events_are_structured(make_server, test_flv, caplog):
+    caplog.set_level(logging.INFO, logger="sfstream")
+    server = await make_server()
+    pub = Publisher(f"{server.rtmp_url}/{KEY}")
+    await pub.connect()
+    await pub.play(read_flv(test_flv.read_bytes()), realtime=False)
+    await pub.close()
+    r = await server.wait_for_stream(NAME)
+    assert await r.wait_until(lambda: r.segmenter.ended, 10)  # the unpublish was handled
+    events = [json.loads(JSONFormatter().format(r)) for r in caplog.records if getattr(r, "event", "")[:5] == "rtmp."]
+    kinds = [e["event"] for e in events]
+    assert kinds[:2] == ["rtmp.connect", "rtmp.publish"] and "rtmp.unpublish" in kinds
+    published = next(e for e in events if e["event"] == "rtmp.publish")
+    assert published["stream"] == NAME and published["peer"].startswith("127.0.0.1:")
+    assert all(KEY not in json.dumps(e) for e in events)

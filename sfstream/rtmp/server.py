@@ -44,6 +44,11 @@ class RTMPLimits:
     out_chunk_size: int = 4096
 
 
+def _event(event: str, peer: str, stream: str | None = None, reason: str | None = None) -> dict:
+    """Fields of an RTMP session event for structured (JSON) logs; never a stream key."""
+    return {"event": f"rtmp.{event}", "peer": peer, "stream": stream, "reason": reason}
+
+
 class PublishSession(asyncio.Protocol):
     def __init__(self, server: "RTMPServer") -> None:
         self.server = server
@@ -68,13 +73,14 @@ class PublishSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         if len(self.server.sessions) >= self.limits.max_connections:
-            log.warning("rtmp %s refused: connection limit of %d reached", self.peer, self.limits.max_connections)
+            log.warning("rtmp %s refused: connection limit of %d reached", self.peer, self.limits.max_connections,
+                        extra=_event("refused", self.peer))
             transport.abort()
             return
         self.server.sessions.add(self)
         self.connected_at = self.last_data = time.monotonic()
         self._check_timeouts()
-        log.info("rtmp %s connected", self.peer)
+        log.info("rtmp %s connected", self.peer, extra=_event("connect", self.peer))
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -102,7 +108,8 @@ class PublishSession(asyncio.Protocol):
             self._timer.cancel()
         self._end_publish("connection closed")
         if not self._closing:
-            log.info("rtmp %s disconnected%s", self.peer, f": {exc}" if exc else "")
+            log.info("rtmp %s disconnected%s", self.peer, f": {exc}" if exc else "",
+                     extra=_event("disconnect", self.peer))
 
     # ------------------------------------------------------------- events
 
@@ -157,13 +164,14 @@ class PublishSession(asyncio.Protocol):
         self.live_stream_id = event.stream_id
         self.core.accept_publish(event.stream_id, f"{name} is now published.")
         self._flush()
-        log.info("rtmp %s publishing stream %r", self.peer, name)
+        log.info("rtmp %s publishing stream %r", self.peer, name, extra=_event("publish", self.peer, name))
 
     def _end_publish(self, why: str, interrupted: bool = True) -> None:
         live, self.live = self.live, None
         if live is not None:
             self.server.registry.stop(live, interrupted)
-            log.info("rtmp %s stopped publishing %r: %s", self.peer, live.name, why)
+            log.info("rtmp %s stopped publishing %r: %s", self.peer, live.name, why,
+                     extra=_event("unpublish", self.peer, live.name, why))
 
     # ------------------------------------------------------------- helpers
 
@@ -196,7 +204,7 @@ class PublishSession(asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
-        log.warning("rtmp %s closed: %s", self.peer, reason)
+        log.warning("rtmp %s closed: %s", self.peer, reason, extra=_event("close", self.peer, None, reason))
         self._end_publish(reason, interrupted)
         if self.transport is not None:
             self.transport.close()  # close, not abort: let a queued refusal status reach the client
