@@ -36,6 +36,7 @@ log = logging.getLogger("sfstream")
 
 THUMBNAIL_DIR = "thumbnails"  # under the data dir
 READY_TIMEOUT = 2.0  # seconds /readyz waits for the database and Redis
+SHUTDOWN_RECORD_TIMEOUT = 10.0  # seconds shutdown waits to record the ends of broadcasts
 
 SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", StreamRegistry)
@@ -79,6 +80,7 @@ def create_app(settings: Settings) -> web.Application:
         return closed
 
     broadcasts = Broadcasts(settings, load_secret_key(settings), end_publishing)
+    broadcasts.thumbnail_dir = Path(settings.data_dir) / THUMBNAIL_DIR
     app[BROADCASTS] = broadcasts
     app[HLS_AUDIENCE] = broadcasts
     transcode = TranscodeSettings(
@@ -97,7 +99,8 @@ def create_app(settings: Settings) -> web.Application:
         if chosen.ladder or chosen.thumbnail_interval > 0:
             # After the packager among the consumers: the source is never held up by the ladder.
             live.consumers.append(Transcoder(live.name, chosen, stream, asyncio.get_running_loop(),
-                                             on_thumbnail=broadcasts.on_thumbnail))
+                                             on_thumbnail=broadcasts.on_thumbnail,
+                                             metadata=lambda: live.metadata))
 
     registry.on_publish.append(package)
     registry.on_publish.append(broadcasts.on_publish)
@@ -175,8 +178,9 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
     if not path.is_file():
         return web.json_response({"error": {"code": "not_found", "message": "no thumbnail", "fields": {}}},
                                  status=404)
+    cache = "private, max-age=5" if request.query.get("token") else "public, max-age=5"
     resp = web.FileResponse(path, headers={
-        "Content-Type": "image/jpeg", "Cache-Control": "public, max-age=5",
+        "Content-Type": "image/jpeg", "Cache-Control": cache,
         "X-Content-Type-Options": "nosniff", "Access-Control-Allow-Origin": "*",
     })
     return resp
@@ -223,9 +227,14 @@ class Server:
         # End the publishers first, so playlists get ENDLIST while HTTP still serves
         # them; then the HTTP site stops and the cleanup contexts run.
         await self.app[RTMP_SERVER].close()
+        for stream in list(self.app[HLS_OUTPUT].streams.values()):
+            stream.end_for_shutdown()  # also those waiting for a dropped publisher
         # Broadcast ends recorded (and their websockets told) before the sockets and the
-        # database close.
-        await self.app[BROADCASTS].drain()
+        # database close; bounded, so an unreachable database cannot hold the exit.
+        try:
+            await asyncio.wait_for(self.app[BROADCASTS].drain(), SHUTDOWN_RECORD_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.error("shutdown: broadcast ends not recorded within %g s", SHUTDOWN_RECORD_TIMEOUT)
         await self.runner.cleanup()
 
 

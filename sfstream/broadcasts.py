@@ -24,6 +24,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -72,6 +73,7 @@ class Broadcasts:
         the playlists of one in its reconnect grace period); returns how many it closed."""
         self.settings = settings
         self.rtmp_port = 0  # where publishers connect (set once the listener is up)
+        self.thumbnail_dir: Path | None = None  # where the transcoder writes thumbnails
         self.keys = StreamKeys(secret)
         self.playback = PlaybackTokens(secret, settings.playback_token_ttl)
         self._session_key = derive(secret, "sfstream viewer sessions v1")
@@ -212,6 +214,9 @@ class Broadcasts:
                 await self.bus.forget(group)
             except Exception:
                 log.exception("stream %r: could not record the broadcast end", b.name)
+            if b.private and self.thumbnail_dir is not None:
+                # Its last picture must not outlive the access checks of its live time.
+                (self.thumbnail_dir / f"{b.name}.jpg").unlink(missing_ok=True)
             if b.stream_id is not None and self._live_by_id.get(b.stream_id) is b:
                 del self._live_by_id[b.stream_id]
             b.finished_at = time.monotonic()

@@ -131,7 +131,8 @@ async def measure(request: web.Request, handler):
         route = request.match_info.route.resource
         template = route.canonical if route is not None else "unmatched"
         metrics.http_requests.labels(template, request.method, str(status)).inc()
-        metrics.http_latency.labels(template, request.method).observe(time.perf_counter() - start)
+        if status != 101:  # a websocket's lifetime is no request latency
+            metrics.http_latency.labels(template, request.method).observe(time.perf_counter() - start)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

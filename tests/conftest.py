@@ -15,7 +15,7 @@ from sfstream.hls.live import Rendition
 from sfstream.hls.routes import HLS_OUTPUT
 
 # Database fixtures (store, database_url, ...) for both SQLite and PostgreSQL.
-pytest_plugins = ["tests.db"]
+pytest_plugins = ["tests.db", "tests.apiclient"]
 
 KEY = "goodkey-0123456789"
 NAME = "good"

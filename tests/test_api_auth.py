@@ -13,7 +13,7 @@ from sfstream.api.security import TokenService, dummy_hash
 from sfstream.config import ConfigError, Settings
 from sfstream.secret_key import load_secret_key
 
-from .apiclient import API, api, api_factory  # noqa: F401  (fixtures)
+from .apiclient import API
 
 
 # ---------------------------------------------------------------- register / login

@@ -9,7 +9,6 @@ import pytest
 from sfstream.api.security import verify_password
 from sfstream.store import open_store
 
-from .apiclient import API, api, api_factory  # noqa: F401  (fixtures)
 
 SEEDED = {"Just Chatting", "Gaming", "Music", "Art", "Science & Technology"}
 PUBLIC_USER_KEYS = {"id", "username", "avatar", "bio", "followers_count", "created_at"}

@@ -18,7 +18,7 @@ from sfstream.broadcasts import BROADCASTS
 from sfstream.hls.routes import HLS_OUTPUT
 from sfstream.rtmp.client import Publisher, PublishRefused, read_flv
 
-from .apiclient import API, api, api_factory  # noqa: F401  (fixtures)
+from .apiclient import API
 from .conftest import require, run, streams_by_type
 from .test_store import raw_execute
 

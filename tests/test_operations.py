@@ -15,7 +15,6 @@ from sfstream.hls.routes import HLS_OUTPUT
 from sfstream.logs import JSONFormatter
 from sfstream.rtmp.client import Publisher, read_flv
 
-from .apiclient import api_factory  # noqa: F401  (fixture)
 from .conftest import KEY, NAME
 
 

@@ -11,13 +11,11 @@ from urllib.parse import urljoin
 import aiohttp
 import av
 import m3u8
-import pytest
 
 from sfstream.broadcasts import BROADCASTS
 from sfstream.hls.routes import HLS_OUTPUT
 from sfstream.rtmp.client import FLVTag, Publisher, read_flv
 
-from .apiclient import api_factory  # noqa: F401  (fixture)
 from .conftest import KEY, NAME, require, run, streams_by_type
 from .test_fmp4 import parse_fragment
 

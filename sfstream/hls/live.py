@@ -175,6 +175,12 @@ class HLSStream:
                 r.segmenter.interrupt()
                 r.held_audio.clear()
                 r.last_video_dts = None
+                r.shed, r.video = False, None  # the new transcoder decides afresh
+        for r in self.renditions.values():
+            if r is not self.source and r.name not in names and not r.segmenter.ended:
+                # A publisher that came back smaller has fewer rungs: the others end.
+                r.segmenter.finish()
+        self._changed()
         return self._ladder_epoch
 
     def ladder_done(self, epoch: int) -> None:
@@ -202,9 +208,9 @@ class HLSStream:
         if changed:
             self._changed()
 
-    def rung_shed(self, name: str, shed: bool) -> None:
+    def rung_shed(self, name: str, shed: bool, epoch: int) -> None:
         r = self.renditions.get(name)
-        if r is None:
+        if r is None or epoch != self._ladder_epoch:
             return
         r.shed = shed
         if shed:
@@ -272,6 +278,13 @@ class HLSStream:
             self._grace.cancel()
             self._finish()
 
+    def end_for_shutdown(self) -> None:
+        """The server stops: end now, a stream in its grace period included, rungs too
+        (the transcoder will not get to drain)."""
+        self.end_now()
+        if self._ladder_draining:
+            self._finish_rungs()
+
     @property
     def waiting_for_publisher(self) -> bool:
         return self._grace is not None
@@ -301,7 +314,8 @@ class HLSStream:
                 r.reports = tuple(
                     playlist.RenditionReport(f"../{o.name}/{playlist.MEDIA_PLAYLIST}", *pos)
                     for o in self.renditions.values()
-                    if o is not r and not o.shed and (pos := o.segmenter.last_part_position()) is not None
+                    if o is not r and not o.shed and not (o.segmenter.ended and self.ended_at is None)
+                    and (pos := o.segmenter.last_part_position()) is not None
                 )
         for r in self.renditions.values():
             r.notify()
@@ -309,14 +323,15 @@ class HLSStream:
     # readers
     def has_segments(self) -> bool:
         """Every rendition that is producing has a segment (players may start on any)."""
-        return all(r.segmenter.segments for r in self.renditions.values() if not r.shed)
+        return all(r.segmenter.segments for r in self.renditions.values()
+                   if not r.shed and not r.segmenter.ended)
 
     def variants(self) -> list[playlist.Variant]:
         """The renditions a player may choose now: with segments, not shed."""
         out = []
         for r in self.renditions.values():
-            if r.shed or not r.segmenter.segments:
-                continue
+            if r.shed or not r.segmenter.segments or (r.segmenter.ended and self.ended_at is None):
+                continue  # shed, not started, or a rung this publisher no longer makes
             init = r.segmenter.init
             video, audio = (init.video, init.audio) if init else (self.video, self.audio)
             codecs = ",".join(c.codec_string for c in (video, audio) if c is not None)

@@ -67,7 +67,7 @@ class LadderSink(Protocol):
 
     def rung_packet(self, name: str, packet: Packet, epoch: int) -> None: ...
 
-    def rung_shed(self, name: str, shed: bool) -> None: ...
+    def rung_shed(self, name: str, shed: bool, epoch: int) -> None: ...
 
     def ladder_done(self, epoch: int) -> None:
         """Everything this transcoder was given is encoded and delivered."""
@@ -82,23 +82,37 @@ class RungEncoder:
         self._emit = emit  # (kind, value) back to the loop, thread-safe
         self.queue: queue.Queue = queue.Queue(settings.rung_queue)
         self.active = True  # read by the decode thread: False while shed
-        self.force_key = False  # the next frame starts a new GOP (after a restore)
-        self.fps = Fraction(30)  # for x264's rate control; the decode thread sets the stream's
+        # After a restore the rung starts again at a source keyframe (never mid-GOP: its
+        # segments must keep starting where the source's do).
+        self.wait_for_keyframe = False
+        self.fps = Fraction(30)  # for x264's rate control; set from the stream before the first frame
         self._thread = threading.Thread(target=self._run, name=f"encode-{rung.name}", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, frame: av.VideoFrame, keyframe: bool, arrival: float) -> bool:
-        """Called by the decode thread; waits a little for room (the encoder may be finishing a
-        slow frame), then gives up on this frame for this rung."""
+        """Called by the decode thread. A frame that finds no room is dropped for this rung
+        (the other rungs must not wait for it) -- except a keyframe, which is waited for a
+        little: dropping it would move this rung's next segment boundary off the source's."""
+        if self.wait_for_keyframe:
+            if not keyframe:
+                return True
+            self.wait_for_keyframe = False
         try:
-            self.queue.put((frame, keyframe, arrival), timeout=SUBMIT_WAIT)
+            if keyframe:
+                self.queue.put((frame, keyframe, arrival), timeout=SUBMIT_WAIT)
+            else:
+                self.queue.put_nowait((frame, keyframe, arrival))
             return True
         except queue.Full:
             return False
 
     def close(self) -> None:
-        # Unbounded wait is fine: the thread drains what is queued and exits.
-        while True:
+        """The end: the thread encodes what is queued and exits (a dead thread: nothing to do)."""
+        while self._thread.is_alive():
             try:
                 self.queue.put(None, timeout=1.0)
                 return
@@ -136,6 +150,8 @@ class RungEncoder:
         try:
             while (item := self.queue.get()) is not None:
                 frame, keyframe, arrival = item
+                if not self.active:
+                    continue  # shed: what was queued is no longer wanted
                 want = self.rung.size_for(frame.width, frame.height)
                 if ctx is None or want != size:
                     if ctx is not None:
@@ -143,8 +159,6 @@ class RungEncoder:
                     ctx, size = self._open(*want, self.fps), want
                     self._emit("config", config_from_annexb(bytes(ctx.extradata)))
                     keyframe = True
-                if self.force_key:
-                    self.force_key, keyframe = False, True
                 # Our own scaler: frame.reformat() would share one SwsContext cached on the
                 # frame between every rung's thread (they all scale the same decoded frame).
                 out = scaler.reformat(frame, width=size[0], height=size[1], format="yuv420p")
@@ -155,7 +169,14 @@ class RungEncoder:
                 self._drain(ctx, ctx.encode(None), time.monotonic())
         except Exception:
             log.exception("rung %s: encoder failed", self.rung.name)
+            self.active = False
             self._emit("failed", None)
+            # Let nobody wait on a queue no one reads: empty it and stop.
+            while True:
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    break
 
     def _drain(self, ctx, packets, arrival: float) -> None:
         for p in packets:
@@ -170,8 +191,11 @@ class Transcoder:
     """A StreamConsumer: decodes the source once and feeds every rung's encoder."""
 
     def __init__(self, name: str, settings: TranscodeSettings, sink: LadderSink,
-                 loop: asyncio.AbstractEventLoop, on_thumbnail: Callable[[str, Path], None] | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop, on_thumbnail: Callable[[str, Path], None] | None = None,
+                 metadata: Callable[[], dict] = dict) -> None:
         self.name = name
+        self._metadata = metadata  # the publisher's onMetaData (framerate), read when the video starts
+        self._fps: Fraction | None = None
         self.settings = settings
         self.sink = sink
         self.loop = loop
@@ -182,12 +206,14 @@ class Transcoder:
         self._thread: threading.Thread | None = None
         self._video: VideoConfig | None = None
         self._dropping = False  # after a full decode queue: skip to the next keyframe
+        self._pending_config: VideoConfig | None = None  # a new configuration the queue had no room for
         self.dropped_packets = 0  # source packets skipped, and frames a rung had no room for
         self._rate: dict[str, tuple[float, int, float]] = {}  # rung -> (window start, its pts, rtf)
         self._lag: dict[str, float] = {}
         self.finished = asyncio.Event()
         self.epoch = 0
         self.failed = False  # the decode thread died: nothing more goes to it
+        self._shed: set[str] = set()
 
     # ---------------------------------------------------------------- StreamConsumer (loop)
 
@@ -197,6 +223,9 @@ class Transcoder:
         first = self._video is None
         self._video = video
         if first:
+            fps = self._metadata().get("framerate") or self._metadata().get("fps")
+            if isinstance(fps, (int, float)) and 1 <= fps <= 240:
+                self._fps = Fraction(fps).limit_denominator(1001)
             rungs = rungs_for_source(self.settings.ladder, video.height)
             self.epoch = self.sink.set_rungs([r.name for r in rungs])
             self.encoders = {r.name: RungEncoder(r, self.settings, self._emitter(r.name)) for r in rungs}
@@ -205,14 +234,27 @@ class Transcoder:
             self._thread.start()
             log.info("stream %r: transcoding %dx%d to %s", self.name, video.width, video.height,
                      ", ".join(r.name for r in rungs) or "nothing (source only)")
-        self._put(video)
+        if not self._put(video):
+            # No room: it goes in before the next keyframe (what it describes starts there).
+            self._pending_config = video
+            self._dropping = True
 
     def on_packet(self, packet: Packet) -> None:
         if not packet.is_video or self._thread is None or self.failed:
             return
+        if self.shedder is not None and not self.shedder.active:
+            for rung, shed in self.shedder.tick(time.monotonic()):
+                self._set_shed(rung, shed)
+        if not self.encoders and not packet.keyframe:
+            return  # thumbnails only: keyframes are all the decoder needs
         if self._dropping and not packet.keyframe:
             self.dropped_packets += 1
             return
+        if self._pending_config is not None:
+            if not self._put(self._pending_config):
+                self.dropped_packets += 1
+                return
+            self._pending_config = None
         self._dropping = False
         if not self._put(packet):
             # The decoder is behind by a whole queue: skip to the next keyframe (decoding
@@ -277,11 +319,13 @@ class Transcoder:
         elif kind == "config":
             self.sink.rung_config(name, value, self.epoch)
         elif kind == "failed":
+            if self.shedder is not None:
+                self.shedder.fail(name)
             self._set_shed(name, True)
         elif kind == "overloaded":
             self.dropped_packets += 1
-            # A full queue: about that many frames of backlog, plus the wait that failed.
-            self._observe(name, self.settings.rung_queue / 30 + SUBMIT_WAIT)
+            # A full queue is a rung that cannot keep up, whatever its last lag said.
+            self._observe(name, self.settings.max_lag * 2)
 
     def _measure_rate(self, name: str, now: float, pts: int) -> None:
         start, start_pts, rtf = self._rate.get(name, (now, pts, 0.0))
@@ -306,23 +350,29 @@ class Transcoder:
 
     def _set_shed(self, name: str, shed: bool) -> None:
         enc = self.encoders.get(name)
-        if enc is None or enc.active != shed:
+        if enc is None or (not shed and not enc.alive):
             return
-        enc.active = not shed
         if shed:
-            log.warning("stream %r: shedding rung %s (cannot keep up with real time)", self.name, name)
+            if name not in self._shed:
+                log.warning("stream %r: shedding rung %s (cannot keep up with real time)", self.name, name)
         else:
-            enc.force_key = True
+            enc.wait_for_keyframe = True
             log.info("stream %r: restoring rung %s", self.name, name)
-        self.sink.rung_shed(name, shed)
+        enc.active = not shed
+        if shed != (name in self._shed):
+            self._shed.symmetric_difference_update({name})
+            self.sink.rung_shed(name, shed, self.epoch)
 
     # ---------------------------------------------------------------- decode thread
 
     def _decode_loop(self) -> None:
         decoder = None
-        next_thumbnail = 0.0
         arrivals: dict[int, float] = {}
-        last_pts, fps_known = None, False
+        held = None  # the first frame, until the frame rate is known
+        fps_known = self._fps is not None
+        for enc in self.encoders.values():
+            enc.fps = self._fps or enc.fps
+        thumbnails = [0.0]  # when the next thumbnail is due (stream seconds)
         try:
             while (item := self._queue.get()) is not None:
                 if isinstance(item, VideoConfig):
@@ -341,22 +391,22 @@ class Transcoder:
                     log.warning("stream %r: undecodable video packet: %s", self.name, exc)
                     continue
                 for frame in frames:
-                    if last_pts is not None and 0 < frame.pts - last_pts < 1000 and not fps_known:
-                        # the frame rate, for the encoders' rate control: from the first frame
-                        # interval (RTMP's ms timestamps round it; close enough for bitrates)
-                        fps_known = True
-                        for enc in self.encoders.values():
-                            enc.fps = Fraction(1000, frame.pts - last_pts).limit_denominator(1001)
-                    last_pts = frame.pts
                     arrival = arrivals.pop(frame.pts, None) or time.monotonic()
-                    keyframe = frame.key_frame
-                    for name, enc in self.encoders.items():
-                        if enc.active and not enc.submit(frame, keyframe, arrival):
-                            self._emitter(name)("overloaded", None)
-                    seconds = frame.pts / 1000
-                    if self.settings.thumbnail_interval > 0 and seconds >= next_thumbnail:
-                        next_thumbnail = seconds + self.settings.thumbnail_interval
-                        self._thumbnail(frame)
+                    if not fps_known:
+                        # The encoders' rate control needs the frame rate before their first
+                        # frame: without metadata, hold the first frame until the second one
+                        # tells the interval (RTMP's ms timestamps round it; close enough).
+                        if held is None:
+                            held = (frame, arrival)
+                            continue
+                        interval = frame.pts - held[0].pts
+                        fps = Fraction(1000, interval).limit_denominator(1001) if 0 < interval < 1000 else Fraction(30)
+                        for enc in self.encoders.values():
+                            enc.fps = fps
+                        fps_known = True
+                        self._frame(*held, thumbnails)
+                        held = None
+                    self._frame(frame, arrival, thumbnails)
                 if len(arrivals) > 1000:  # packets the decoder never returned a frame for
                     arrivals.clear()
         except Exception:
@@ -364,6 +414,17 @@ class Transcoder:
             self.failed = True
             for name in self.encoders:
                 self._emitter(name)("failed", None)
+
+    def _frame(self, frame: av.VideoFrame, arrival: float, thumbnails: list[float]) -> None:
+        """One decoded frame (decode thread): to every active rung, and maybe a thumbnail."""
+        keyframe = frame.key_frame
+        for name, enc in self.encoders.items():
+            if enc.active and not enc.submit(frame, keyframe, arrival):
+                self._emitter(name)("overloaded", None)
+        seconds = frame.pts / 1000
+        if self.settings.thumbnail_interval > 0 and seconds >= thumbnails[0]:
+            thumbnails[0] = seconds + self.settings.thumbnail_interval
+            self._thumbnail(frame)
 
     def _thumbnail(self, frame: av.VideoFrame) -> None:
         if self.settings.thumbnail_dir is None:
