@@ -97,6 +97,8 @@ class RungEncoder:
         """Called by the decode thread. A frame that finds no room is dropped for this rung
         (the other rungs must not wait for it) -- except a keyframe, which is waited for a
         little: dropping it would move this rung's next segment boundary off the source's."""
+        if not self._thread.is_alive():
+            return False  # a failed encoder: nobody would take it
         if self.wait_for_keyframe:
             if not keyframe:
                 return True
