@@ -7,11 +7,16 @@ from fractions import Fraction
 
 import av
 
+from sfstream import flv
 from sfstream.hls.live import HLSSettings, HLSStream
 from sfstream.media.live import LiveStream
+from sfstream.media.packet import VideoConfig
+from sfstream.rtmp.client import read_flv
 from sfstream.transcode.h264 import annexb_to_avcc, config_from_annexb, split_annexb
 from sfstream.transcode.ladder import Rung, parse_ladder, rungs_for_source
-from sfstream.transcode.pipeline import RungEncoder, TranscodeSettings
+from sfstream.transcode.pipeline import RungEncoder, TranscodeSettings, Transcoder
+
+from .conftest import require, run
 
 
 async def test_a_returning_publisher_gets_fresh_rungs_and_old_epochs_are_ignored():
@@ -78,3 +83,52 @@ def test_ladder_parsing_and_rungs_below_the_source():
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.packets: dict[str, list] = {}
+        self.done = asyncio.Event()
+
+    def set_rungs(self, names):
+        return 1
+
+    def rung_config(self, name, video, epoch):
+        pass
+
+    def rung_packet(self, name, packet, epoch):
+        self.packets.setdefault(name, []).append(packet)
+
+    def rung_shed(self, name, shed, epoch):
+        pass
+
+    def ladder_done(self, epoch):
+        self.done.set()
+
+
+async def test_every_frame_of_a_b_frame_source_reaches_the_rung(tmp_path):
+    """A source with B-frames: the decoder holds the last frames for reordering until it is
+    flushed; the end of the stream must flush it (no frame lost at the end)."""
+    path = tmp_path / "b.flv"
+    code, _, err = await run(
+        require("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-t", "2",
+        "-c:v", "libx264", "-preset", "fast", "-bf", "3", "-g", "30", "-pix_fmt", "yuv420p", "-f", "flv", str(path))
+    assert code == 0, err.decode()
+    sink = CountingSink()
+    transcoder = Transcoder("b", TranscodeSettings(ladder=parse_ladder("240p"), preset="ultrafast", max_lag=1000.0,
+                                                    thumbnail_interval=0), sink, asyncio.get_running_loop())
+    sent, b_frames = 0, False
+    for tag in read_flv(path.read_bytes()):
+        if tag.type_id != 9:
+            continue
+        item = flv.parse_video_message(tag.body, tag.timestamp, 0.0)
+        if isinstance(item, VideoConfig):
+            transcoder.on_config(item, None)
+        elif item is not None:
+            sent += 1
+            b_frames |= item.cts > 0
+            transcoder.on_packet(item)  # 60 packets: the decode queue (120) holds them all
+    transcoder.on_end()
+    await asyncio.wait_for(sink.done.wait(), 30)
+    assert b_frames  # the source really reorders (composition offsets)
+    assert sent == 60 and len(sink.packets["240p"]) == 60

@@ -145,14 +145,15 @@ class HLSStream:
         self._changed()
 
     def on_packet(self, packet: Packet) -> None:
-        changed = self.source.segmenter.push(packet)
+        changed = [self.source] if self.source.segmenter.push(packet) else []
         if not packet.is_video and len(self.renditions) > 1:
             for r in self.renditions.values():
                 if r is not self.source and not r.shed and r.video is not None:
                     r.held_audio.append(packet)
-                    changed |= self._release_audio(r)
+                    if self._release_audio(r):
+                        changed.append(r)
         if changed:
-            self._changed()
+            self._changed(changed)
 
     # LadderSink: the transcoder's renditions of this stream
     @property
@@ -206,7 +207,7 @@ class HLSStream:
         changed = r.segmenter.push(packet)
         changed |= self._release_audio(r, packet.dts)
         if changed:
-            self._changed()
+            self._changed([r])
 
     def rung_shed(self, name: str, shed: bool, epoch: int) -> None:
         r = self.renditions.get(name)
@@ -298,10 +299,15 @@ class HLSStream:
         self.live = live
         log.info("stream %r: publisher returned; continuing after a discontinuity", self.name)
 
-    def _changed(self) -> None:
-        """Stamp new parts, refresh rendition reports, then wake every waiter of every rendition."""
+    def _changed(self, changed: list[Rendition] | None = None) -> None:
+        """Stamp new parts, refresh rendition reports, then wake the waiters of the renditions
+        that changed (all by default). Only those: with a ladder, a request blocked on one
+        rendition's next part need not wake for every other rendition's parts; the others'
+        cached playlists keep their rendition reports until their own next change (a part
+        later at most)."""
         now = time.monotonic()
-        for r in self.renditions.values():
+        changed = list(self.renditions.values()) if changed is None else changed
+        for r in changed:
             seg = r.segmenter
             for s in (seg.current, seg.segments[-1] if seg.segments else None):
                 if s is not None:
@@ -317,7 +323,7 @@ class HLSStream:
                     if o is not r and not o.shed and not (o.segmenter.ended and self.ended_at is None)
                     and (pos := o.segmenter.last_part_position()) is not None
                 )
-        for r in self.renditions.values():
+        for r in changed:
             r.notify()
 
     # readers

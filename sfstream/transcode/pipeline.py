@@ -376,8 +376,19 @@ class Transcoder:
             enc.fps = self._fps or enc.fps
         thumbnails = [0.0]  # when the next thumbnail is due (stream seconds)
         try:
-            while (item := self._queue.get()) is not None:
-                if isinstance(item, VideoConfig):
+            while True:
+                item = self._queue.get()
+                if item is None or isinstance(item, VideoConfig):
+                    # Frames a source with B-frames still holds for reordering come out only
+                    # on a flush: at the end, and before a new configuration replaces it.
+                    if decoder is not None:
+                        for frame in self._flush(decoder):
+                            self._frame(frame, arrivals.pop(frame.pts, None) or time.monotonic(), thumbnails)
+                    if held is not None:
+                        self._frame(*held, thumbnails)
+                        held = None
+                    if item is None:
+                        break
                     decoder = av.CodecContext.create("h264", "r")
                     decoder.extradata = item.avcc
                     decoder.thread_type = "SLICE"  # frame threads would delay every frame
@@ -416,6 +427,12 @@ class Transcoder:
             self.failed = True
             for name in self.encoders:
                 self._emitter(name)("failed", None)
+
+    def _flush(self, decoder) -> list:
+        try:
+            return decoder.decode(None)
+        except av.error.FFmpegError:
+            return []
 
     def _frame(self, frame: av.VideoFrame, arrival: float, thumbnails: list[float]) -> None:
         """One decoded frame (decode thread): to every active rung, and maybe a thumbnail."""
