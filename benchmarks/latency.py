@@ -432,6 +432,7 @@ async def run(args) -> dict:
         host="127.0.0.1", rtmp_port=0, http_port=0, data_dir=run_dir / "data",
         stream_keys=parse_stream_keys([f"{NAME}={KEY}"]),
         hls_segment_duration=args.segment, hls_part_duration=args.part,
+        ladder=args.ladder, thumbnail_interval=0.0 if args.ladder == "none" else 10.0,
     )
     result: dict = {
         "benchmark": "latency",
@@ -439,7 +440,7 @@ async def run(args) -> dict:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {k: getattr(args, k)
                      for k in ("seconds", "warmup", "size", "fps", "gop", "bitrate", "segment", "part", "hls_config",
-                               "rendition")},
+                               "rendition", "ladder")},
         "event_loop": type(loop).__module__ + "." + type(loop).__name__,
         "machine": common.machine_info(),
         "sfstream_source": common.source_digest(),
@@ -562,12 +563,18 @@ def main() -> int:
     ap.add_argument("--part", type=float, default=0.2, help="hls_part_duration, s (default 0.2)")
     ap.add_argument("--hls-config", default="", help="extra hls.js config as JSON (passed to play.mjs)")
     ap.add_argument("--server-only", action="store_true", help="no browser: server-side figures only")
+    ap.add_argument("--ladder", default=None,
+                    help="the server's --ladder (default: none, i.e. passthrough, unless --rendition names a "
+                         "rung, then the server's default ladder)")
     ap.add_argument("--rendition", default="source",
                     help="rendition(s) to record, e.g. 720p,480p,source (the server's ladder applies to a taller "
                          "--size); the first gets the full analysis and should be the one played (default source)")
     ap.add_argument("--out", default="", help="JSON output path (default benchmarks/results/latency-<time>.json)")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = ap.parse_args()
+    if args.ladder is None:
+        wants_rungs = any(r != "source" for r in args.rendition.split(","))
+        args.ladder = Settings.__dataclass_fields__["ladder"].default if wants_rungs else "none"
 
     if shutil.which("ffmpeg") is None:
         sys.exit("ffmpeg is missing: apt-get install ffmpeg")
