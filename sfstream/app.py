@@ -13,7 +13,6 @@ import gc
 import logging
 import signal
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from aiohttp import web
@@ -21,7 +20,7 @@ from aiohttp import web
 from .api import setup_api
 from .api.ws import VIEWER_SOCKETS
 from .appkeys import BUS, STORE
-from .broadcasts import BROADCASTS, Broadcasts
+from .broadcasts import BROADCASTS, ORPHAN_GRACE, Broadcasts
 from .config import Settings, with_default_stream_key
 from .hls.live import HLSOutput, HLSSettings
 from .hls.routes import HLS_AUDIENCE, HLS_OUTPUT, add_routes as add_hls_routes
@@ -138,12 +137,10 @@ def create_app(settings: Settings) -> web.Application:
 async def _broadcasts(app: web.Application):
     broadcasts = app[BROADCASTS]
     broadcasts.bind(app[STORE], app[BUS])
-    if not app[SETTINGS].redis_url:
-        # One instance (no shared bus): any stream still marked live was left so by a crash of
-        # this server. With Redis, other instances may be live: issue 7 brings heartbeats.
-        ended = await app[STORE].end_live_streams(datetime.now(timezone.utc))
-        if ended:
-            log.warning("ended %d broadcast(s) left live by an earlier run", ended)
+    # Broadcasts still marked live that no instance keeps alive were left by a crash. Alone (no
+    # Redis), every one of them is, however young; with other instances, young ones may be
+    # theirs, not yet heartbeating.
+    await broadcasts.end_orphans(grace=0.0 if not app[SETTINGS].redis_url else ORPHAN_GRACE)
     sampler = asyncio.get_running_loop().create_task(broadcasts.run_sampler())
     yield
     sampler.cancel()

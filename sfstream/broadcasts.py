@@ -47,6 +47,12 @@ START_WAIT = 5.0
 MAX_THROTTLE_ENTRIES = 200_000
 
 
+# Each instance keeps the ids of the broadcasts it publishes present in this bus group; a
+# broadcast the database says is live but that no instance keeps alive was left by a crash.
+HEARTBEATS = "broadcasts:live"
+ORPHAN_GRACE = 10.0  # seconds a broadcast may run before its first heartbeat
+
+
 def viewer_group(name: str) -> str:
     return f"viewers:{name}"
 
@@ -184,6 +190,7 @@ class Broadcasts:
                     stream = await self.store.start_stream(b.user_id, datetime.now(timezone.utc))
                     b.stream_id, b.private = stream.id, stream.is_private
                     self._live_by_id[stream.id] = b
+                    await self.bus.touch(HEARTBEATS, (str(stream.id),), self._heartbeat_ttl)
                     log.info("broadcast %d of %r started", stream.id, b.name)
                     # A key reset between authorize() and now found no publisher to disconnect:
                     # look again, now that this one is registered.
@@ -302,8 +309,46 @@ class Broadcasts:
 
     # ------------------------------------------------------------- statistics
 
+    @property
+    def _heartbeat_ttl(self) -> float:
+        # Three missed samples before others call a broadcast orphaned.
+        return max(3.0, 3 * self.settings.stats_interval)
+
+    async def end_orphans(self, grace: float = ORPHAN_GRACE) -> int:
+        """End the broadcasts marked live that no instance keeps alive (the instance publishing
+        them crashed): at start-up, and at every sample for other instances' crashes.
+
+        Broadcasts younger than `grace` seconds are left alone: another instance may have
+        started one and not yet written its first heartbeat (this instance's own starts cannot
+        interleave: both hold the lifecycle lock)."""
+        async with self._lifecycle:
+            return await self._end_orphans(grace)
+
+    async def _end_orphans(self, grace: float) -> int:
+        now = datetime.now(timezone.utc)
+        live, _ = await self.store.list_streams(live=True, include_private=True, limit=10_000)
+        live = [s for s in live if s.started_at is not None and (now - s.started_at).total_seconds() >= grace]
+        mine = {str(i) for i in self._live_by_id}
+        candidates = [str(s.id) for s in live if str(s.id) not in mine]
+        alive = await self.bus.alive(HEARTBEATS, candidates)
+        ended = 0
+        for s in live:
+            if str(s.id) in mine or str(s.id) in alive:
+                continue
+            summary = summarize(await self.store.stream_samples(s.id), s.started_at, now)
+            if await self.store.end_stream(s.id, now, unique_viewers=s.unique_viewers,
+                                           watch_seconds=summary.watch_seconds) is not None:
+                ended += 1
+                log.warning("broadcast %d of %r ended: no instance keeps it alive (crashed?)", s.id, s.username)
+        return ended
+
     async def sample_once(self) -> None:
         now = datetime.now(timezone.utc)
+        if self._live_by_id:
+            try:
+                await self.bus.touch(HEARTBEATS, [str(i) for i in self._live_by_id], self._heartbeat_ttl)
+            except Exception:
+                log.exception("could not refresh the broadcast heartbeats")
         for b in list(self.by_name.values()):
             if b.stream_id is None or b.ended:
                 continue
@@ -314,6 +359,10 @@ class Broadcasts:
             except Exception:
                 log.exception("stream %r: could not record its viewer count", b.name)
         self._forget_old()
+        try:
+            await self.end_orphans()
+        except Exception:
+            log.exception("could not check for orphaned broadcasts")
 
     async def _check_still_allowed(self, b: Broadcast) -> None:
         # What another instance did to this broadcast (DELETE, key reset, privacy) reaches

@@ -45,7 +45,7 @@ async def api_factory(tmp_path, database_url):
         settings = make_settings(
             tmp_path, database_url=database_url, bcrypt_rounds=4,
             redis_url=REDIS_URL if bus == "redis" else "",
-            redis_prefix=f"sfstream-test-{secrets.token_hex(4)}:", **overrides,
+            **{"redis_prefix": f"sfstream-test-{secrets.token_hex(4)}:", **overrides},
         )
         server = Server(settings)
         await server.start()

@@ -6,15 +6,16 @@ import asyncio
 import contextlib
 import json
 import logging
-from datetime import datetime, timezone
+import secrets
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urljoin
 
 import aiohttp
 import pytest
 
-from sfstream.appkeys import STORE
+from sfstream.appkeys import BUS, STORE
 from sfstream.app import REGISTRY, RTMP_SERVER
-from sfstream.broadcasts import BROADCASTS
+from sfstream.broadcasts import BROADCASTS, HEARTBEATS
 from sfstream.hls.routes import HLS_OUTPUT
 from sfstream.rtmp.client import Publisher, PublishRefused, read_flv
 
@@ -433,3 +434,23 @@ async def test_key_reset_between_authorisation_and_publish_still_kicks(api_facto
     await asyncio.wait_for(b.finished.wait(), 10)  # ...and ended by the start's second look
     assert api.server.app[REGISTRY].get("alice") is None
     await pub.close()
+
+
+async def test_with_redis_only_broadcasts_no_instance_keeps_alive_are_ended(api_factory):
+    """Several instances share the database and Redis: a starting instance ends the broadcasts
+    whose instance crashed (no heartbeat), not those another instance is publishing."""
+    shared = dict(FAST, redis_prefix=f"sfstream-test-{secrets.token_hex(4)}:")
+    first = await api_factory("redis", **shared)
+    users = [(await first.register(name))["user"] for name in ("crashed", "running", "fresh")]
+    store, bus = first.server.app[STORE], first.server.app[BUS]
+    long_ago = datetime.now(timezone.utc) - timedelta(minutes=5)
+    crashed = await store.start_stream(users[0]["id"], long_ago)
+    running = await store.start_stream(users[1]["id"], long_ago)
+    fresh = await store.start_stream(users[2]["id"], datetime.now(timezone.utc))  # no heartbeat yet
+    await bus.touch(HEARTBEATS, [str(running.id)], 60.0)  # another instance keeps this one alive
+
+    second = await api_factory("redis", **shared)  # a new instance starts
+    live = {s["id"] for s in (await second.call("GET", "/streams"))[1]["items"]}
+    assert live == {running.id, fresh.id}
+    ended = (await second.call("GET", f"/streams/{crashed.id}"))[1]
+    assert not ended["is_live"] and ended["ended_at"]

@@ -371,3 +371,11 @@ async def test_in_process_presence_is_bounded():
     await bus.touch("g", [f"m{i}" for i in range(10)], LONG)
     assert await bus.present("g") == 3  # a flood of made-up sessions cannot grow memory without end
     assert await bus.distinct("g") == 10  # still counted as distinct, without keeping them all
+
+
+async def test_alive_tells_which_members_are_present(bus):
+    await bus.touch("g", ["a", "b"], LONG)
+    await bus.touch("g", ["gone"], SHORT)
+    await asyncio.sleep(SHORT + 0.05)
+    assert await bus.alive("g", ["a", "gone", "never"]) == {"a"}
+    assert await bus.alive("other", ["a"]) == set() and await bus.alive("g", []) == set()

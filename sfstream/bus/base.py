@@ -50,6 +50,10 @@ class Bus(ABC):
         it), and count it among the group's distinct members."""
 
     @abstractmethod
+    async def alive(self, group: str, members: Collection[str]) -> set[str]:
+        """Which of `members` are present in `group` now."""
+
+    @abstractmethod
     async def leave(self, group: str, member: str) -> None:
         """The member is gone now (a closed websocket), whatever its ttl."""
 

@@ -147,6 +147,13 @@ class InProcessBus(Bus):
                 else:
                     g.overflow += 1
 
+    async def alive(self, group: str, members) -> set[str]:
+        g = self._groups.get(group)
+        if g is None:
+            return set()
+        now = time.monotonic()
+        return {m for m in members if g.present.get(m, now) is not None}
+
     async def leave(self, group: str, member: str) -> None:
         g = self._groups.get(group)
         if g is not None:

@@ -136,10 +136,21 @@ class RedisBus(Bus):
         until = int(time.time() * 1000) + _ms(ttl)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.zadd(self._presence(group), dict.fromkeys(members, until))
-            pipe.pexpire(self._presence(group), _ms(ttl))  # a group nobody touches goes away
+            # A group nobody touches goes away; a touch only ever lengthens its life (NX sets
+            # the first expiry, GT extends it): a short ttl must not cut a longer one's.
+            pipe.pexpire(self._presence(group), _ms(ttl), nx=True)
+            pipe.pexpire(self._presence(group), _ms(ttl), gt=True)
             pipe.pfadd(self._distinct(group), *members)
             pipe.pexpire(self._distinct(group), GROUP_TTL_MS)
             await pipe.execute()
+
+    async def alive(self, group: str, members) -> set[str]:
+        members = list(members)
+        if not members:
+            return set()
+        scores = await self.client.zmscore(self._presence(group), members)
+        now = int(time.time() * 1000)
+        return {m for m, score in zip(members, scores) if score is not None and score > now}
 
     async def leave(self, group: str, member: str) -> None:
         await self.client.zrem(self._presence(group), member)
