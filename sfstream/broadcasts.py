@@ -34,7 +34,7 @@ from .bus import Bus
 from .config import Settings
 from .media.live import LiveStream
 from .statistics import summarize
-from .store import Store
+from .store import Store, Stream
 from .streamkeys import InvalidPlaybackToken, PlaybackTokens, StreamKeys, derive
 
 log = logging.getLogger("sfstream.broadcasts")
@@ -175,12 +175,18 @@ class Broadcasts:
         # Not published through this process (another instance, or a record left live by a
         # crash): end the record itself.
         stream = await self.store.get_stream(stream_id)
-        if stream is not None and stream.is_live and stream.started_at is not None:
-            now = datetime.now(timezone.utc)
-            summary = summarize(await self.store.stream_samples(stream_id), stream.started_at, now)
-            group = viewer_group(stream.username)
-            await self.store.end_stream(stream_id, now, unique_viewers=await self.bus.distinct(group),
-                                        watch_seconds=summary.watch_seconds)
+        if stream is not None and stream.is_live:
+            await self._record_end(stream, datetime.now(timezone.utc))
+
+    async def _record_end(self, stream: Stream, now: datetime) -> Stream | None:
+        """End a live record with its summary: watch time from its samples, unique viewers from
+        the bus. None if it was not live (any more)."""
+        if stream.started_at is None:
+            return None
+        summary = summarize(await self.store.stream_samples(stream.id), stream.started_at, now)
+        return await self.store.end_stream(
+            stream.id, now, unique_viewers=await self.bus.distinct(viewer_group(stream.username)),
+            watch_seconds=summary.watch_seconds)
 
     async def _start(self, b: Broadcast) -> None:
         async with self._lifecycle:
@@ -211,12 +217,8 @@ class Broadcasts:
             group = viewer_group(b.name)
             try:
                 if b.stream_id is not None:
-                    now = datetime.now(timezone.utc)
                     stream = await self.store.get_stream(b.stream_id)
-                    if stream is not None and stream.started_at is not None:
-                        summary = summarize(await self.store.stream_samples(b.stream_id), stream.started_at, now)
-                        await self.store.end_stream(b.stream_id, now, unique_viewers=await self.bus.distinct(group),
-                                                    watch_seconds=summary.watch_seconds)
+                    if stream is not None and await self._record_end(stream, datetime.now(timezone.utc)):
                         log.info("broadcast %d of %r ended", b.stream_id, b.name)
                 await self.bus.forget(group)
             except Exception:
@@ -291,14 +293,15 @@ class Broadcasts:
 
     async def hls_seen(self, name: str, session: str | None) -> None:
         """A media playlist request of viewer session `session`: it is watching."""
-        if not session or name not in self.by_name or not self.valid_session(name, session):
+        if not session or name not in self.by_name:
             return
         now = time.monotonic()
         key = (name, session)
         ttl = self.settings.viewer_timeout
         # LL-HLS players ask for a playlist several times a second: tell the bus a few times
-        # per timeout, not on every request.
-        if now - self._touched.get(key, -ttl) < ttl / 4:
+        # per timeout, not on every request (only valid sessions are ever remembered here, so
+        # the signature is checked once per touch, not per request).
+        if now - self._touched.get(key, -ttl) < ttl / 4 or not self.valid_session(name, session):
             return
         if len(self._touched) < MAX_THROTTLE_ENTRIES or key in self._touched:
             self._touched[key] = now
@@ -335,9 +338,7 @@ class Broadcasts:
         for s in live:
             if str(s.id) in mine or str(s.id) in alive:
                 continue
-            summary = summarize(await self.store.stream_samples(s.id), s.started_at, now)
-            if await self.store.end_stream(s.id, now, unique_viewers=s.unique_viewers,
-                                           watch_seconds=summary.watch_seconds) is not None:
+            if await self._record_end(s, now) is not None:
                 ended += 1
                 log.warning("broadcast %d of %r ended: no instance keeps it alive (crashed?)", s.id, s.username)
         return ended
