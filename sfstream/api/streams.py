@@ -253,28 +253,43 @@ def _public_base(request: web.Request) -> str:
     return settings.public_url.rstrip("/") if settings.public_url else f"{request.scheme}://{request.host}"
 
 
+def _no_such_category() -> APIError:
+    return APIError(422, "validation_failed", "invalid fields", {"category_id": ["no such category"]})
+
+
 async def _category_exists(request: web.Request, category_id: int | None) -> None:
     if category_id is not None and await request.config_dict[STORE].get_category(category_id) is None:
-        raise APIError(422, "validation_failed", "invalid fields", {"category_id": ["no such category"]})
+        raise _no_such_category()
 
 
 # ---------------------------------------------------------------- stream key and settings
 
 
+async def _new_key(request: web.Request, user: User, *, replace: bool):
+    """Store a fresh stream key for `user` (replace=False: only if they have none yet, so two
+    racing first requests make one key). Returns the channel as stored."""
+    keys = _broadcasts(request).keys
+    key = keys.generate()
+    return await request.config_dict[STORE].set_channel_key(user.id, keys.seal(key, user.id), keys.lookup_hash(key),
+                                                            replace=replace)
+
+
+async def _channel(request: web.Request, user: User):
+    """The user's channel, made (with its key) on first use."""
+    channel = await request.config_dict[STORE].get_channel(user.id)
+    return channel if channel is not None else await _new_key(request, user, replace=False)
+
+
 async def _key_response(request: web.Request, user: User, *, reset: bool) -> web.Response:
-    store, b = request.config_dict[STORE], _broadcasts(request)
-    channel = None if reset else await store.get_channel(user.id)
-    if channel is None:
-        key = b.keys.generate()
-        channel = await store.set_channel_key(user.id, b.keys.seal(key, user.id), b.keys.lookup_hash(key),
-                                              replace=reset)
+    b = _broadcasts(request)
+    channel = await (_new_key(request, user, replace=True) if reset else _channel(request, user))
     try:
         key = b.keys.open(channel.stream_key_ciphertext, user.id)
     except UnreadableKey:
         # The secret key changed since this key was stored: it cannot work on publish either.
         log.warning("user %d: stored stream key unreadable (secret key changed?); issuing a new one", user.id)
-        key = b.keys.generate()
-        await store.set_channel_key(user.id, b.keys.seal(key, user.id), b.keys.lookup_hash(key))
+        channel = await _new_key(request, user, replace=True)
+        key = b.keys.open(channel.stream_key_ciphertext, user.id)
     if reset:
         closed = b.disconnect(user.username, "stream key reset")
         log.info("user %d reset their stream key%s", user.id, "; live publisher disconnected" if closed else "")
@@ -304,17 +319,6 @@ def _settings_json(channel) -> dict:
             "is_private": channel.is_private}
 
 
-async def _channel(request: web.Request, user: User):
-    store = request.config_dict[STORE]
-    channel = await store.get_channel(user.id)
-    if channel is None:  # settings before the first key: make the key now
-        b = _broadcasts(request)
-        key = b.keys.generate()
-        channel = await store.set_channel_key(user.id, b.keys.seal(key, user.id), b.keys.lookup_hash(key),
-                                              replace=False)
-    return channel
-
-
 @docs(tags=["stream"], summary="Defaults of your next broadcasts", security=_BEARER,
       responses={200: {"schema": StreamSettingsSchema, "description": "the defaults"}, **_AUTH})
 async def get_stream_settings(request: web.Request) -> web.Response:
@@ -335,7 +339,7 @@ async def put_stream_settings(request: web.Request) -> web.Response:
     try:
         channel = await request.config_dict[STORE].update_channel(user.id, body)
     except NotFound:  # the category went away meanwhile
-        raise APIError(422, "validation_failed", "invalid fields", {"category_id": ["no such category"]}) from None
+        raise _no_such_category() from None
     return web.json_response(_settings_json(channel))
 
 
@@ -364,7 +368,7 @@ async def create_stream(request: web.Request) -> web.Response:
             is_private=body.get("is_private", defaults.is_private),
         )
     except NotFound:
-        raise APIError(422, "validation_failed", "invalid fields", {"category_id": ["no such category"]}) from None
+        raise _no_such_category() from None
     return web.json_response(stream_json(stream), status=201)
 
 
@@ -415,7 +419,7 @@ async def update_stream(request: web.Request) -> web.Response:
         stream = await store.update_stream(stream.id, body)
     except NotFound:
         if await store.get_stream(stream.id) is not None:  # the category went away meanwhile
-            raise APIError(422, "validation_failed", "invalid fields", {"category_id": ["no such category"]}) from None
+            raise _no_such_category() from None
         raise APIError(404, "not_found", "no such stream") from None
     live = _broadcasts(request).live_broadcast(stream.id)
     if live is not None:
