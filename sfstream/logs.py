@@ -48,6 +48,13 @@ def configure(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
+def route_template(request: web.Request) -> str:
+    """The matched route's template ("/api/streams/{id}"): never the raw path, which may hold a
+    token and would make one line kind (or metric series) per URL."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 @web.middleware
 async def log_requests(request: web.Request, handler):
     """One line per API request: method, route, status, duration, user id (when authenticated)."""
@@ -61,8 +68,7 @@ async def log_requests(request: web.Request, handler):
         status = exc.status
         raise
     finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
+        route = route_template(request)
         ms = round((time.perf_counter() - start) * 1000, 1)
         user = request.get(USER_ID)
         access_log.info("%s %s %d %.1fms user=%s", request.method, route, status, ms, user if user else "-",

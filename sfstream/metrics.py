@@ -15,6 +15,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from .logs import route_template
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -115,8 +117,7 @@ METRICS = web.AppKey("metrics", Metrics)
 
 @web.middleware
 async def measure(request: web.Request, handler):
-    """Count and time every request, by route template (never the raw path: it may hold a
-    playback token, and it would make one series per URL)."""
+    """Count and time every request, by route template."""
     metrics = request.app[METRICS]
     start = time.perf_counter()
     status = 500
@@ -128,8 +129,7 @@ async def measure(request: web.Request, handler):
         status = exc.status
         raise
     finally:
-        route = request.match_info.route.resource
-        template = route.canonical if route is not None else "unmatched"
+        template = route_template(request)
         metrics.http_requests.labels(template, request.method, str(status)).inc()
         if status != 101:  # a websocket's lifetime is no request latency
             metrics.http_latency.labels(template, request.method).observe(time.perf_counter() - start)
