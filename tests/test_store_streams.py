@@ -105,8 +105,6 @@ async def test_list_streams_filters_sort_and_pages(store):
     assert (await store.list_streams(live=True, include_private=True))[1] == 4
     await store.end_stream(ids[0], T0 + timedelta(hours=1), unique_viewers=0, watch_seconds=0)
     assert (await store.list_streams(live=False))[1] == 1
-    assert await store.end_live_streams(T0 + timedelta(hours=2)) == 3
-    assert (await store.list_streams(live=True, include_private=True))[1] == 0
 
 
 async def test_update_and_delete_stream(store):

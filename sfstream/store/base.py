@@ -152,10 +152,6 @@ class Store(ABC):
         is kept by record_viewers). None if it was not live."""
 
     @abstractmethod
-    async def end_live_streams(self, at: datetime) -> int:
-        """End every stream marked live (start-up after a crash, single instance); how many."""
-
-    @abstractmethod
     async def get_stream(self, id: int) -> Stream | None: ...
 
     @abstractmethod

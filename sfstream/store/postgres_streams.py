@@ -141,12 +141,6 @@ class PostgresStreams:
         )
         return await self.get_stream(stream_id) if count == 1 else None
 
-    async def end_live_streams(self, at: datetime) -> int:
-        return await self._execute(
-            "UPDATE streams SET is_live = FALSE, ended_at = $1, updated_at = $1, viewers_count = 0 WHERE is_live",
-            utc(at),
-        )
-
     async def get_stream(self, id: int) -> Stream | None:
         return _stream(await self._fetchrow(f"{_STREAM_SELECT} WHERE s.id = $1", id))
 

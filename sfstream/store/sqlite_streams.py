@@ -158,14 +158,6 @@ class SQLiteStreams:
         )
         return await self.get_stream(stream_id) if count == 1 else None
 
-    async def end_live_streams(self, at: datetime) -> int:
-        ts = _ts(at)
-        _, count = await self._write(
-            "UPDATE streams SET is_live = 0, ended_at = ?, updated_at = ?, viewers_count = 0 WHERE is_live = 1",
-            (ts, ts),
-        )
-        return count
-
     async def get_stream(self, id: int) -> Stream | None:
         return _stream(await self._fetchone(f"{_STREAM_SELECT} WHERE s.id = ?", (id,)))
 
