@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import hashlib
 import json
@@ -24,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -542,3 +545,33 @@ def make_run_dir(prefix: str, base: str | None = None) -> Path:
     if base is None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+# ---- shared by viewers.py and ws_viewers.py
+
+def run_uvloop(coro):
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus] + cmd if cpus and shutil.which("taskset") else cmd
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def profile_table(summary: dict, n: int = 15, markdown: bool = False) -> str:
+    rows = [[f"{pct:.1f}", f"{cnt}", f[:110]] for f, cnt, pct in summary["own"][:n]]
+    return render_table(["own %", "samples", "function (file)"], rows, markdown)

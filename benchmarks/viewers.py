@@ -84,8 +84,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -130,15 +128,6 @@ def raise_nofile(want: int = 1 << 17) -> int:
         return soft
 
 
-def run_uvloop(coro):
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 # =========================================================================== server wrapper (`_server`)
 
 
@@ -157,7 +146,6 @@ def package_info(app) -> dict:
     return {"path": str(root), "digest": h.hexdigest()[:10],
             "middlewares": [getattr(m, "__name__", repr(m)) for m in app.middlewares],
             "routes": len(app.router.routes()), "threads": [t.name for t in __import__("threading").enumerate()]}
-
 
 
 def server_main(args) -> int:
@@ -237,7 +225,7 @@ def server_main(args) -> int:
         await server.stop()
         return 0
 
-    return run_uvloop(main())
+    return common.run_uvloop(main())
 
 
 # =========================================================================== load process: HTTP client
@@ -647,25 +635,11 @@ def load_main(args) -> int:
             pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(args.out)
 
-    run_uvloop(main())
+    common.run_uvloop(main())
     return 0
 
 
 # =========================================================================== orchestrator
-
-
-def pinned(cmd: list[str], cpus: str | None) -> list[str]:
-    return ["taskset", "-c", cpus] + cmd if cpus and shutil.which("taskset") else cmd
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
 
 
 class Stack:
@@ -684,7 +658,7 @@ class Stack:
         if args.snapshot_dir:  # a `git archive` of --sfstream-rev, ahead of the editable install
             env["PYTHONPATH"] = args.snapshot_dir + os.pathsep + env.get("PYTHONPATH", "")
         with open(out, "wb") as o, open(err, "wb") as e:
-            self.server = procs.start("sfstream", pinned(cmd, args.server_cpus), stdout=o, stderr=e, env=env,
+            self.server = procs.start("sfstream", common.pinned(cmd, args.server_cpus), stdout=o, stderr=e, env=env,
                                       cwd=str(self.run_dir), stop_timeout=20)
         self.stderr_path = err
         deadline = time.monotonic() + 30
@@ -703,14 +677,14 @@ class Stack:
         pub_cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(flv),
                    "-c", "copy", "-f", "flv", f"rtmp://127.0.0.1:{self.rtmp_port}/live/{KEY}"]
         with open(self.run_dir / "ffmpeg.log", "wb") as log:
-            self.publisher = procs.start("ffmpeg", pinned(pub_cmd, args.load_cpus), stdout=log, stderr=log,
+            self.publisher = procs.start("ffmpeg", common.pinned(pub_cmd, args.load_cpus), stdout=log, stderr=log,
                                          stop_timeout=5)
         self.base = f"http://127.0.0.1:{self.http_port}/hls/{NAME}/"
 
     def wait_segments(self, n: int = 2, timeout: float = 30.0) -> bytes:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status, body = http_get(self.base + "source/media.m3u8", timeout=2)
+            status, body = common.http_get(self.base + "source/media.m3u8", timeout=2)
             if status == 200 and body.count(b"#EXTINF:") >= n:
                 return body
             if self.server.popen.poll() is not None or self.publisher.popen.poll() is not None:
@@ -874,7 +848,7 @@ def load_cmd(port: int, mode: str, first: int, count: int, start_at: float, t0: 
            "--conns", str(args.conns)]
     for k, v in extra.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
-    return pinned(cmd, args.load_cpus)
+    return common.pinned(cmd, args.load_cpus)
 
 
 def merge_loads(files: list[Path]) -> dict:
@@ -1058,7 +1032,7 @@ def _viewer_step_once(procs: common.Procs, args, flv: Path, K: int, profile_out:
         if profile_out is not None:
             spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             spy_log = open(stack.run_dir / "py-spy.log", "wb")
-            spy = procs.start("py-spy", pinned([spy_bin, "record", "--pid", str(stack.server.popen.pid),
+            spy = procs.start("py-spy", common.pinned([spy_bin, "record", "--pid", str(stack.server.popen.pid),
                                                 "--duration", str(int(args.duration) - 1), "--rate", "100",
                                                 "--nolineno", "--format", "raw",
                                                 "-o", str(profile_out)],
@@ -1185,7 +1159,7 @@ http {{
 def snapshot_files(stack: Stack, root: Path) -> list[str]:
     """The current plain playlist and the parts of the last complete segment, copied under `root`;
     returns the request paths, alternating playlist and part (the viewers' 1:1 mix)."""
-    status, body = http_get(stack.base + "source/media.m3u8")
+    status, body = common.http_get(stack.base + "source/media.m3u8")
     if status != 200:
         raise RuntimeError(f"anchor: playlist {status}")
     text = body.decode()
@@ -1197,7 +1171,7 @@ def snapshot_files(stack: Stack, root: Path) -> list[str]:
     (d / "media.m3u8").write_bytes(body)
     paths = []
     for uri, _ in parts:
-        st, data = http_get(stack.base + "source/" + uri)
+        st, data = common.http_get(stack.base + "source/" + uri)
         if st != 200:
             raise RuntimeError(f"anchor: {uri} {st}")
         (d / uri).write_bytes(data)
@@ -1253,7 +1227,7 @@ def wrk_run(procs, args, port: int, meter_tree: common.TreeMeter, paths: list[st
            f"http://127.0.0.1:{port}/"]
     meter = WindowMeter(meter_tree, [], server_core(args))
     with open(out, "wb") as o:
-        m = procs.start(f"wrk-{tag}", pinned(cmd, args.load_cpus), stdout=o, stderr=subprocess.STDOUT)
+        m = procs.start(f"wrk-{tag}", common.pinned(cmd, args.load_cpus), stdout=o, stderr=subprocess.STDOUT)
         meter.begin()
         while m.popen.poll() is None:
             time.sleep(0.5)
@@ -1305,7 +1279,7 @@ def run_anchor(procs: common.Procs, args, flv: Path) -> dict:
         conf = prefix / "nginx.conf"
         conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, root=root))
         with open(prefix / "nginx.stderr", "wb") as o:
-            nginx_m = procs.start("nginx", pinned([common.nginx_binary(), "-c", str(conf), "-p", str(prefix)],
+            nginx_m = procs.start("nginx", common.pinned([common.nginx_binary(), "-c", str(conf), "-p", str(prefix)],
                                                   args.server_cpus),
                                   stdout=o, stderr=subprocess.STDOUT, stop_signal=signal.SIGQUIT)
         common.wait_for_port("127.0.0.1", port, 15, nginx_m.popen)
@@ -1383,11 +1357,6 @@ def anchor_table(anchor: dict, markdown: bool = False) -> str:
                          common.fmt(w["server_cpu_ms_per_1k_req"], ".1f"),
                          f"{w['rss_mib_peak']:.0f}", "-", "-", f"{w['non_2xx']} non-2xx {w['socket_errors']}"])
     return common.render_table(headers, rows, markdown)
-
-
-def profile_table(summary: dict, n: int = 15, markdown: bool = False) -> str:
-    rows = [[f"{pct:.1f}", f"{cnt}", f[:110]] for f, cnt, pct in summary["own"][:n]]
-    return common.render_table(["own %", "samples", "function (file)"], rows, markdown)
 
 
 # --------------------------------------------------------------------------- main
@@ -1483,7 +1452,7 @@ def orchestrate(args) -> int:
         print(viewers_table([p["step"]], md))
         if p["summary"]:
             print(f"\ntop functions by own time ({p['summary']['samples']} samples, non-idle):")
-            print(profile_table(p["summary"], markdown=md))
+            print(common.profile_table(p["summary"], markdown=md))
             print(f"other threads (not in the table): {p['summary']['other_threads']}")
             print("inclusive % of event-loop samples: " + ", ".join(
                 f"{k} {v}" for k, v in p["summary"]["inclusive_pct"].items()))

@@ -104,15 +104,6 @@ def raise_nofile() -> int:
         return soft
 
 
-def run_uvloop(coro):
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 def mask_frame(opcode_byte: int, payload: bytes) -> bytes:
     """A client frame (clients must mask): FIN + opcode, payload < 126 bytes."""
     key = os.urandom(4)
@@ -438,15 +429,11 @@ def load_main(args) -> int:
             if c.transport is not None:
                 c.transport.abort()
 
-    run_uvloop(main())
+    common.run_uvloop(main())
     return 0
 
 
 # =========================================================================== orchestrator helpers
-
-
-def pinned(cmd: list[str], cpus: str | None) -> list[str]:
-    return ["taskset", "-c", cpus] + cmd if cpus and shutil.which("taskset") else cmd
 
 
 def http_json(method: str, url: str, body: dict | None = None, token: str | None = None,
@@ -466,16 +453,6 @@ def http_json(method: str, url: str, body: dict | None = None, token: str | None
         return status, json.loads(raw)
     except ValueError:
         return status, raw
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
 
 
 def stats_ms(values) -> dict:
@@ -682,13 +659,13 @@ class Trigger:
     def hls_session(self) -> tuple[float, str]:
         t = time.monotonic()
         base = f"http://127.0.0.1:{self.port}/hls/{self.username}/"
-        status, body = http_get(base + "index.m3u8")
+        status, body = common.http_get(base + "index.m3u8")
         if status != 200:
             raise RuntimeError(f"multivariant playlist: HTTP {status}")
         uri = next((ln for ln in body.decode().splitlines() if ln and not ln.startswith("#")), None)
         if uri is None:
             raise RuntimeError("no media playlist in the multivariant playlist")
-        status, _ = http_get(base + uri)
+        status, _ = common.http_get(base + uri)
         if status != 200:
             raise RuntimeError(f"media playlist {uri}: HTTP {status}")
         return t, uri
@@ -780,7 +757,7 @@ class Stack:
                "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p",
                "-c:a", "aac", "-b:a", "64k", "-f", "flv", url]
         with open(self.run_dir / "ffmpeg.log", "wb") as log:
-            self.publisher = procs.start("ffmpeg", pinned(pub, args.load_cpus), stdout=log, stderr=log, stop_timeout=5)
+            self.publisher = procs.start("ffmpeg", common.pinned(pub, args.load_cpus), stdout=log, stderr=log, stop_timeout=5)
         deadline = time.monotonic() + 30
         self.stream_id = None
         while time.monotonic() < deadline:
@@ -797,7 +774,7 @@ class Stack:
                                + (self.run_dir / "ffmpeg.log").read_text(errors="replace")[-2000:])
         # the HLS side is up too (the multivariant playlist lists a rendition)
         while time.monotonic() < deadline:
-            st, _ = http_get(f"http://127.0.0.1:{self.server.http_port}/hls/{USERNAME}/index.m3u8")
+            st, _ = common.http_get(f"http://127.0.0.1:{self.server.http_port}/hls/{USERNAME}/index.m3u8")
             if st == 200:
                 break
             time.sleep(0.25)
@@ -914,7 +891,7 @@ def run_step(procs: common.Procs, args, N: int, profile_tag: str | None = None) 
                    "--concurrency", str(max(1, args.concurrency // n_procs)), "--timeout", str(args.connect_timeout)]
             if args.deflate:
                 cmd.append("--deflate")
-            loads.append(LoadProc(procs, i, pinned(cmd, args.load_cpus), stack.run_dir / f"load-{i}.log"))
+            loads.append(LoadProc(procs, i, common.pinned(cmd, args.load_cpus), stack.run_dir / f"load-{i}.log"))
         for lp in loads:
             lp.wait("ready", 30)
         load_rss0 = sum(lp.rss() for lp in loads)
@@ -1237,7 +1214,7 @@ def start_spy(procs: common.Procs, args, stack: Stack, tag: str):
         return None
     raw = common.RESULTS_DIR / f"ws_viewers-profile-{args.stamp}-{tag}.txt"
     log = open(stack.run_dir / f"py-spy-{tag}.log", "wb")
-    m = procs.start("py-spy", pinned([spy_bin, "record", "--pid", str(stack.server.pid), "--rate", str(args.spy_rate),
+    m = procs.start("py-spy", common.pinned([spy_bin, "record", "--pid", str(stack.server.pid), "--rate", str(args.spy_rate),
                                       "--nonblocking", "--nolineno", "--format", "raw", "-o", str(raw)],
                                      args.load_cpus), stdout=log, stderr=log, stop_timeout=30)
     m.raw = raw  # type: ignore[attr-defined]
@@ -1335,11 +1312,6 @@ def end_cell(s: dict) -> str:
             + (" (timed out)" if e["timed_out"] else ""))
 
 
-def profile_table(summary: dict, n: int = 15, markdown: bool = False) -> str:
-    rows = [[f"{pct:.1f}", f"{cnt}", f[:110]] for f, cnt, pct in summary["own"][:n]]
-    return common.render_table(["own %", "samples", "function (file)"], rows, markdown)
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -1408,7 +1380,7 @@ def orchestrate(args) -> int:
             if prof.get("summary"):
                 s = prof["summary"]
                 print(f"\n{what}: top functions by own time ({s['samples']} samples of the event-loop thread, non-idle):")
-                print(profile_table(s, markdown=md))
+                print(common.profile_table(s, markdown=md))
                 print("inclusive %: " + ", ".join(f"{k} {v}" for k, v in s["inclusive_pct"].items() if v))
                 print(f"other threads: {s['other_threads']}")
     print(f"\nresults: {out_path}")
